@@ -1,0 +1,319 @@
+"""The tables of DESIGN §3: what an auditor needs to reconstruct any decision."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, Integer, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel, UniqueConstraint
+
+# JSONB on Postgres (indexable, compact); plain JSON on the embedded SQLite file.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    return "job_" + uuid.uuid4().hex
+
+
+def _ts(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+
+
+def _json(nullable: bool = True, default: Any = None) -> Any:
+    if default is None:
+        return Field(default=None, sa_column=Column(JSONType, nullable=nullable))
+    return Field(default_factory=default, sa_column=Column(JSONType, nullable=nullable))
+
+
+def _fk(target: str, nullable: bool = False, index: bool = True) -> Any:
+    return Field(
+        default=None,
+        sa_column=Column(BigId, ForeignKey(target, ondelete="CASCADE"), nullable=nullable,
+                         index=index),
+    )
+
+
+class JobStatus(StrEnum):
+    """The OpenAI Batch API states."""
+
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_JOB_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED}
+)
+
+
+class ChunkStatus(StrEnum):
+    PENDING = "pending"  # its canvas waits in the outbox
+    DISPATCHED = "dispatched"  # published, no task has started it yet
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_CHUNK_STATUSES = (ChunkStatus.PENDING, ChunkStatus.DISPATCHED, ChunkStatus.RUNNING)
+
+
+class RequestStatus(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class OutboxStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DROPPED = "dropped"  # its job was cancelled before it went out
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "job"
+    __table_args__ = (
+        UniqueConstraint("tenant", "idempotency_key", name="uq_job_tenant_idempotency_key"),
+        Index("ix_job_status_created", "status", "created_at"),
+    )
+
+    id: str = Field(default_factory=new_job_id, primary_key=True, max_length=64)
+    tenant: str = Field(default="default", max_length=128, index=True)
+    idempotency_key: str | None = Field(default=None, max_length=256)
+    status: str = Field(default=JobStatus.VALIDATING, max_length=16)
+    input_file: str | None = Field(default=None, max_length=1024)
+    models: list[str] = _json(nullable=False, default=list)
+    ranker: str | None = Field(default=None, max_length=128)
+    fuser: str | None = Field(default=None, max_length=128)
+    strategy: str = Field(default="full", max_length=32)
+    aggregation: str = Field(default="max_logits", max_length=32)
+    top_k: int = Field(default=3)
+    fusion_params: dict[str, Any] = _json(nullable=False, default=dict)
+    chunk_size: int = Field(default=8)
+    total: int = Field(default=0)
+    completed: int = Field(default=0)
+    failed: int = Field(default=0)
+    errors: list[dict[str, Any]] | None = _json()
+    meta: dict[str, Any] | None = Field(
+        default=None, sa_column=Column("metadata", JSONType, nullable=True)
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    in_progress_at: datetime | None = _ts()
+    finalizing_at: datetime | None = _ts()
+    completed_at: datetime | None = _ts()
+    failed_at: datetime | None = _ts()
+    expired_at: datetime | None = _ts()
+    expires_at: datetime | None = _ts()
+    cancelling_at: datetime | None = _ts()
+    cancelled_at: datetime | None = _ts()
+
+
+class Chunk(SQLModel, table=True):
+    """A slice of a job's requests that travels through the stages as one canvas."""
+
+    __tablename__ = "chunk"
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_chunk_job_index"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    job_id: str = Field(foreign_key="job.id", ondelete="CASCADE", index=True, max_length=64)
+    index: int
+    status: str = Field(default=ChunkStatus.PENDING, max_length=16)
+    size: int
+    started_at: datetime | None = _ts()
+    finished_at: datetime | None = _ts()
+
+
+class Request(SQLModel, table=True):
+    __tablename__ = "request"
+    __table_args__ = (
+        UniqueConstraint("job_id", "custom_id", name="uq_request_job_custom_id"),
+        Index("ix_request_job_status", "job_id", "status"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    job_id: str = Field(foreign_key="job.id", ondelete="CASCADE", max_length=64)
+    chunk_id: int | None = _fk("chunk.id", nullable=True)
+    line_no: int
+    custom_id: str = Field(max_length=512)
+    instruction: str = Field(sa_column=Column(Text, nullable=False))
+    input: str = Field(default="", sa_column=Column(Text, nullable=False))
+    # The chat messages of an OpenAI Batch line, used as-is for generation.
+    messages: list[dict[str, Any]] | None = _json()
+    params: dict[str, Any] = _json(nullable=False, default=dict)
+    status: str = Field(default=RequestStatus.PENDING, max_length=16)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # No foreign key: request and candidate would reference each other, and a key could not
+    # say "a candidate of this request" anyway; the ranking stage writes it from its ranking.
+    chosen_candidate_id: int | None = Field(default=None, sa_column=Column(BigId, nullable=True))
+    fused_output: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    completed_at: datetime | None = _ts()
+
+
+class Candidate(SQLModel, table=True):
+    __tablename__ = "candidate"
+    __table_args__ = (UniqueConstraint("request_id", "model", name="uq_candidate_request_model"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    request_id: int = _fk("request.id", index=False)
+    model: str = Field(max_length=128)
+    model_revision: str = Field(default="", max_length=128)
+    params: dict[str, Any] = _json(nullable=False, default=dict)
+    # A failed generation is stored too, so an auditor sees why a model is missing.
+    ok: bool = Field(default=True)
+    text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    prompt_tokens: int = Field(default=0)
+    completion_tokens: int = Field(default=0)
+    latency_ms: float = Field(default=0.0)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Comparison(SQLModel, table=True):
+    __tablename__ = "comparison"
+    __table_args__ = (
+        UniqueConstraint("request_id", "candidate_a_id", "candidate_b_id", "ranker_revision",
+                         name="uq_comparison_pair_revision"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    request_id: int = _fk("request.id", index=False)
+    candidate_a_id: int = _fk("candidate.id", index=False)
+    candidate_b_id: int = _fk("candidate.id", index=False)
+    logit: float  # A over B
+    ranker_revision: str = Field(max_length=128)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Ranking(SQLModel, table=True):
+    __tablename__ = "ranking"
+    __table_args__ = (
+        UniqueConstraint("request_id", "ranker_revision", "strategy", "aggregation",
+                         name="uq_ranking_request_revision_strategy"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    request_id: int = _fk("request.id", index=False)
+    ranker: str = Field(max_length=128)
+    ranker_revision: str = Field(max_length=128)
+    strategy: str = Field(max_length=32)
+    aggregation: str = Field(max_length=32)
+    # Best first: [{"candidate_id", "model", "score", "rank"}].
+    entries: list[dict[str, Any]] = _json(nullable=False, default=list)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Fusion(SQLModel, table=True):
+    __tablename__ = "fusion"
+    __table_args__ = (
+        UniqueConstraint("request_id", "fuser", "fuser_revision",
+                         name="uq_fusion_request_fuser_revision"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    request_id: int = _fk("request.id", index=False)
+    fuser: str = Field(max_length=128)
+    fuser_revision: str = Field(max_length=128)
+    # The candidates the fuser read, in the order it read them.
+    candidate_ids: list[int] = _json(nullable=False, default=list)
+    output: str = Field(sa_column=Column(Text, nullable=False))
+    params: dict[str, Any] = _json(nullable=False, default=dict)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Label(SQLModel, table=True):
+    """A person's judgement, kept for retraining the ranker."""
+
+    __tablename__ = "label"
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    request_id: int = _fk("request.id")
+    comparison_id: int | None = _fk("comparison.id", nullable=True, index=False)
+    candidate_a_id: int | None = _fk("candidate.id", nullable=True, index=False)
+    candidate_b_id: int | None = _fk("candidate.id", nullable=True, index=False)
+    verdict: str = Field(max_length=32)  # "a", "b", "tie" or "ranking"
+    ranking: list[int] | None = _json()
+    author: str = Field(max_length=256)
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class RegisteredModel(SQLModel, table=True):
+    """The registry file as last synced, plus what admins change at run time (paused)."""
+
+    __tablename__ = "registered_model"
+
+    name: str = Field(primary_key=True, max_length=128)
+    role: str = Field(max_length=16)
+    backend: str = Field(max_length=32)
+    path: str = Field(max_length=1024)
+    revision: str = Field(default="", max_length=128)
+    queue: str = Field(max_length=160)
+    params: dict[str, Any] = _json(nullable=False, default=dict)
+    paused: bool = Field(default=False)
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Outbox(SQLModel, table=True):
+    """Messages written with the rows they refer to and published once those commit."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_pending", "status", "id"),
+        UniqueConstraint("dedup_key", name="uq_outbox_dedup_key"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    kind: str = Field(max_length=32)
+    dedup_key: str | None = Field(default=None, max_length=256)
+    job_id: str | None = Field(default=None, max_length=64, index=True)
+    chunk_id: int | None = Field(default=None, sa_column=Column(BigId, nullable=True))
+    payload: dict[str, Any] = _json(nullable=False, default=dict)
+    status: str = Field(default=OutboxStatus.PENDING, max_length=16)
+    attempts: int = Field(default=0)
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    published_at: datetime | None = _ts()
+
+
+class ChordPart(SQLModel, table=True):
+    """One finished header task of a chord; the primary key makes a redelivery count once."""
+
+    __tablename__ = "chord_part"
+
+    group_id: str = Field(primary_key=True, max_length=64)
+    task_id: str = Field(primary_key=True, max_length=64)
+    state: str = Field(max_length=16)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )

@@ -1,0 +1,23 @@
+"""The root of the command line; each group lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from ops.cli_db import db
+from ops.cli_jobs import jobs
+from ops.cli_models import models
+from ops.cli_processes import dispatcher, worker
+from ops.embedded import run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """blendq: batch jobs through an ensemble of LLMs (generate, rank pairwise, fuse).
+
+    Settings come from BLENDQ_* environment variables (see the README).
+    """
+
+
+for command in (db, jobs, models, worker, dispatcher, run):
+    cli.add_command(command)

@@ -1,0 +1,34 @@
+"""``manage.py models``: the model registry."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ops import context
+
+
+@click.group()
+def models() -> None:
+    """The model registry (BLENDQ_REGISTRY_PATH, or the built-in tiny models)."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_models(as_json: bool) -> None:
+    """List generators, rankers and fusers with how they load."""
+    registry = context.registry(context.settings())
+    entries = sorted(registry.entries.values(), key=lambda e: (e.role, e.name))
+    if as_json:
+        click.echo(json.dumps([{**e.__dict__, "queue": e.queue} for e in entries], indent=2))
+        return
+    table = Table(title=f"models ({registry.source})")
+    for column in ("name", "role", "backend", "path", "revision", "queue", "default", "params"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e.name, e.role, e.backend, e.path, e.revision or "-", e.queue,
+                      "yes" if e.default else "", json.dumps(e.params))
+    Console().print(table)

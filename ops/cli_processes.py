@@ -1,0 +1,89 @@
+"""``manage.py worker`` and ``manage.py dispatcher``: the long-running processes."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+
+import click
+
+from orchestration import dispatcher as relay
+from orchestration.celery_app import FUSE_QUEUE, RANK_QUEUE, gen_queue
+from ops import context
+
+WORKER_MODULES = ("workers.generation.tasks", "workers.ranking.tasks", "workers.fusion.tasks")
+
+
+@click.group()
+def worker() -> None:
+    """Start a stage worker (one model per generator process)."""
+
+
+def _start(queue: str, name: str, warm: list[tuple[str, str]], pool: str) -> None:
+    import importlib
+
+    from workers.model_store import get_model
+
+    settings = context.settings()
+    app = context.app(settings)
+    registry = context.registry(settings)
+    for module in WORKER_MODULES:
+        importlib.import_module(module)
+    # Load (and so warm) the model before consuming, so the first task is not slow and
+    # a broken path is reported at start-up.
+    for model, role in warm:
+        try:
+            get_model(registry.get(model, role), settings)
+        except Exception as exc:
+            click.echo(f"warning: {exc}; its tasks will record the error", err=True)
+    app.worker_main([
+        "worker", "--queues", queue, "--pool", pool, "--concurrency", "1",
+        "--prefetch-multiplier", "1", "--hostname", f"{name}@{socket.gethostname()}",
+        "--without-gossip", "--without-mingle", "--loglevel", settings.log_level,
+    ])
+
+
+@worker.command()
+@click.option("--model", "model", required=True, help="Generator name from the registry.")
+@click.option("--pool", default="solo", show_default=True,
+              help="Celery pool; solo keeps one copy of the weights in the process.")
+def generate(model: str, pool: str) -> None:
+    """Consume gen.MODEL only."""
+    registry = context.registry(context.settings())
+    try:
+        registry.get(model, "generator")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    _start(gen_queue(model), f"gen.{model}", [(model, "generator")], pool)
+
+
+@worker.command()
+@click.option("--pool", default="solo", show_default=True)
+def rank(pool: str) -> None:
+    """Consume the rank queue."""
+    registry = context.registry(context.settings())
+    default = registry.default("ranker")
+    _start(RANK_QUEUE, "rank", [(default.name, "ranker")] if default else [], pool)
+
+
+@worker.command()
+@click.option("--pool", default="solo", show_default=True)
+def fuse(pool: str) -> None:
+    """Consume the fuse queue."""
+    registry = context.registry(context.settings())
+    default = registry.default("fuser")
+    _start(FUSE_QUEUE, "fuse", [(default.name, "fuser")] if default else [], pool)
+
+
+@click.command()
+@click.option("--poll", type=float, default=2.0, show_default=True,
+              help="Seconds between polls when no notification arrives.")
+def dispatcher(poll: float) -> None:
+    """Relay the outbox to RabbitMQ until interrupted."""
+    settings = context.settings()
+    app = context.app(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    relay.run(settings, app, stop, poll_seconds=poll)

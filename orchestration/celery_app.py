@@ -1,0 +1,77 @@
+"""The Celery app, its settings and the queues blendq uses."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from orchestration.registry import RegistryError, get_registry
+from orchestration.settings import Settings, get_settings
+
+GENERATE_TASK = "blendq.generate"
+RANK_TASK = "blendq.rank"
+FUSE_TASK = "blendq.fuse"
+RANK_QUEUE = "rank"
+FUSE_QUEUE = "fuse"
+EXCHANGE = Exchange("blendq", type="direct", durable=True)
+
+app = Celery("blendq")
+_configured: list[Settings] = []
+
+
+def gen_queue(model: str) -> str:
+    return f"gen.{model}"
+
+
+def declare_queue(name: str) -> Queue:
+    return Queue(name, EXCHANGE, routing_key=name, durable=True)
+
+
+def configure(settings: Settings | None = None, *, eager: bool = False) -> Celery:
+    """Apply ``settings`` to the process's app; entry points call this once at start."""
+    settings = settings or get_settings()
+    queues = [declare_queue(RANK_QUEUE), declare_queue(FUSE_QUEUE)]
+    try:
+        generators = get_registry(settings.registry_path).by_role("generator")
+    except RegistryError:
+        generators = []  # reported by whichever command reads the registry
+    queues.extend(declare_queue(gen_queue(e.name)) for e in generators)
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        # Stage outputs live in Postgres; the backend only counts chord parts.
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_default_exchange=EXCHANGE.name,
+        task_default_exchange_type="direct",
+        task_default_queue="blendq.default",
+        task_routes={
+            RANK_TASK: {"queue": RANK_QUEUE, "routing_key": RANK_QUEUE},
+            FUSE_TASK: {"queue": FUSE_QUEUE, "routing_key": FUSE_QUEUE},
+        },
+        task_queues=queues,
+        task_create_missing_queues=True,
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=max(settings.task_time_limit - 30, 1),
+        broker_transport_options={"confirm_publish": True},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_always_eager=eager,
+        task_eager_propagates=eager,
+        blendq_settings=settings,
+    )
+    _configured[:] = [settings]
+    return app
+
+
+def configured_settings() -> Settings:
+    """The settings the app was configured with (a worker's tasks read them)."""
+    if not _configured:
+        configure()
+    return _configured[0]

@@ -1,0 +1,90 @@
+"""The transactional outbox and its relay to RabbitMQ.
+
+Rows are written in the transaction that creates what they refer to; the relay claims them
+with ``FOR UPDATE SKIP LOCKED`` (so several dispatchers share the work), publishes with
+broker confirms and marks them sent in the same transaction. A crash between publish and
+commit publishes the row again: delivery is at least once, and every task is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from celery import Celery
+from sqlalchemy import text, update
+from sqlmodel import Session, col, select
+
+from db.engine import is_postgres
+from db.models import Chunk, ChunkStatus, Job, JobStatus, Outbox, OutboxStatus, utcnow
+from db.writes import insert_ignore
+from orchestration.canvas import from_payload
+
+NOTIFY_CHANNEL = "blendq_outbox"
+KIND_CANVAS = "canvas"  # a chunk's whole canvas, dropped if its job was cancelled first
+KIND_SIGNATURE = "signature"  # a chord body or any other signature, always published
+
+log = structlog.get_logger(__name__)
+Publisher = Callable[[Outbox], None]
+
+
+def add(session: Session, kind: str, payload: dict[str, Any], *, job_id: str | None = None,
+        chunk_id: int | None = None, dedup_key: str | None = None) -> int | None:
+    """Queue a message; with a ``dedup_key`` a second add is a no-op and returns None."""
+    row = {"kind": kind, "payload": payload, "job_id": job_id, "chunk_id": chunk_id,
+           "dedup_key": dedup_key, "status": OutboxStatus.PENDING, "attempts": 0,
+           "created_at": utcnow()}
+    ids = insert_ignore(session, Outbox, [row], returning="id")
+    if ids and is_postgres(session):
+        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    return ids[0] if ids else None
+
+
+def celery_publisher(app: Celery) -> Publisher:
+    def publish(row: Outbox) -> None:
+        from_payload(app, row.payload).apply_async()
+
+    return publish
+
+
+def relay(session: Session, publish: Publisher, *, limit: int = 100,
+          only_id: int | None = None) -> int:
+    """Publish up to ``limit`` pending rows; returns how many were handled."""
+    query = select(Outbox).where(Outbox.status == OutboxStatus.PENDING)
+    if only_id is not None:
+        query = query.where(Outbox.id == only_id)
+    rows = session.exec(
+        query.order_by(col(Outbox.id)).limit(limit).with_for_update(skip_locked=True)
+    ).all()
+    for row in rows:
+        _relay_row(session, row, publish)
+    return len(rows)
+
+
+def _relay_row(session: Session, row: Outbox, publish: Publisher) -> None:
+    if row.kind == KIND_CANVAS and row.job_id is not None:
+        status = session.exec(select(Job.status).where(Job.id == row.job_id)).one_or_none()
+        if status != JobStatus.IN_PROGRESS:
+            row.status = OutboxStatus.DROPPED
+            session.add(row)
+            log.info("outbox.dropped", outbox_id=row.id, job_id=row.job_id, job_status=status)
+            return
+    row.attempts += 1
+    try:
+        publish(row)
+    except Exception as exc:
+        row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+        session.add(row)
+        log.warning("outbox.publish_failed", outbox_id=row.id, error=row.last_error)
+        raise
+    row.status = OutboxStatus.SENT
+    row.published_at = utcnow()
+    session.add(row)
+    if row.kind == KIND_CANVAS and row.chunk_id is not None:
+        session.execute(
+            update(Chunk)
+            .where(col(Chunk.id) == row.chunk_id, col(Chunk.status) == ChunkStatus.PENDING)
+            .values(status=ChunkStatus.DISPATCHED)
+        )
+    log.debug("outbox.sent", outbox_id=row.id, kind=row.kind, chunk_id=row.chunk_id)

@@ -1,0 +1,59 @@
+"""The one typed settings object, read from ``BLENDQ_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/blendq"
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+CHORD_BACKEND = "orchestration.chord_backend:PostgresChordBackend"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BLENDQ_", extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = DEFAULT_BROKER_URL
+    # Chords are counted in Postgres (DESIGN §4): no Redis, no chord_unlock polling.
+    result_backend: str = CHORD_BACKEND
+    chunk_size: int = Field(default=8, ge=1, le=10_000)
+    # None means the built-in registry of tiny random models.
+    registry_path: Path | None = None
+    model_cache: Path = Path.home() / ".cache" / "blendq"
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+    # Seconds a worker may spend on one task; RabbitMQ's consumer timeout must stay above it.
+    task_time_limit: int = Field(default=3600, ge=10)
+    dispatcher_batch: int = Field(default=100, ge=1)
+    max_task_retries: int = Field(default=5, ge=0)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env != "production":
+            return self
+        problems = []
+        if "guest:guest@" in self.broker_url:
+            problems.append("BLENDQ_BROKER_URL uses the guest account")
+        if self.database_url == DEFAULT_DATABASE_URL:
+            problems.append("BLENDQ_DATABASE_URL is the development default")
+        if self.database_url.startswith("sqlite"):
+            problems.append("BLENDQ_DATABASE_URL is SQLite, which is for the embedded run only")
+        if problems:
+            raise ValueError("unsafe settings for production: " + "; ".join(problems))
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (the embedded run and tests change the environment)."""
+    get_settings.cache_clear()

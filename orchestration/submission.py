@@ -1,0 +1,171 @@
+"""Submitting a job: validate the whole file, then write job, requests and outbox at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from celery import Celery
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from db.models import Chunk, Job, JobStatus, Request, RequestStatus, utcnow
+from orchestration import outbox
+from orchestration.canvas import chunk_canvas, to_payload
+from orchestration.lifecycle import transition
+from orchestration.registry import Registry, RegistryError
+from orchestration.validation import ValidationResult, validate_lines
+
+log = structlog.get_logger(__name__)
+STRATEGIES = ("full",)
+AGGREGATIONS = ("max_logits",)
+NO_FUSER = "none"
+
+
+class SubmissionError(ValueError):
+    """The job's options are wrong; nothing was stored."""
+
+
+@dataclass
+class JobOptions:
+    models: list[str]
+    ranker: str | None = None
+    fuser: str | None = None  # None: the registry's default; "none": keep the top candidate
+    top_k: int = 3
+    chunk_size: int = 8
+    strategy: str = "full"
+    aggregation: str = "max_logits"
+    tenant: str = "default"
+    idempotency_key: str | None = None
+    completion_window_hours: int = 24
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Submitted:
+    job: Job
+    created: bool
+    validation: ValidationResult | None = None
+
+
+def resolve_options(options: JobOptions, registry: Registry) -> JobOptions:
+    """Check options against the registry and fill in the default ranker and fuser."""
+    if not options.models:
+        raise SubmissionError("--models: name at least one generator")
+    if len(set(options.models)) != len(options.models):
+        raise SubmissionError("--models: a model is named twice")
+    try:
+        for name in options.models:
+            registry.get(name, "generator")
+        ranker = options.ranker or _default(registry, "ranker")
+        registry.get(ranker, "ranker")
+        fuser = options.fuser
+        if fuser is None:
+            default_fuser = registry.default("fuser")
+            fuser = default_fuser.name if default_fuser else NO_FUSER
+        if fuser != NO_FUSER:
+            registry.get(fuser, "fuser")
+    except RegistryError as exc:
+        raise SubmissionError(str(exc)) from exc
+    if not 1 <= options.top_k <= len(options.models):
+        raise SubmissionError(
+            f"--top-k: must be between 1 and the number of models ({len(options.models)}), "
+            f"got {options.top_k}")
+    if options.chunk_size < 1:
+        raise SubmissionError(f"--chunk-size: must be at least 1, got {options.chunk_size}")
+    if options.strategy not in STRATEGIES:
+        raise SubmissionError(f"--strategy: must be one of {', '.join(STRATEGIES)}")
+    if options.aggregation not in AGGREGATIONS:
+        raise SubmissionError(f"--aggregation: must be one of {', '.join(AGGREGATIONS)}")
+    return JobOptions(**{**options.__dict__, "ranker": ranker, "fuser": fuser})
+
+
+def _default(registry: Registry, role: str) -> str:
+    entry = registry.default(role)
+    if entry is None:
+        raise SubmissionError(f"--{role}: the registry names no default {role}; choose one")
+    return entry.name
+
+
+def find_existing(session: Session, tenant: str, key: str | None) -> Job | None:
+    if key is None:
+        return None
+    return session.exec(
+        select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)
+    ).one_or_none()
+
+
+def submit(session: Session, app: Celery, lines: Iterable[bytes], options: JobOptions,
+           registry: Registry, input_file: str | None = None) -> Submitted:
+    """Validate and store a job in the caller's transaction (the caller commits).
+
+    The same idempotency key returns the job that already holds it, whatever the file.
+    """
+    existing = find_existing(session, options.tenant, options.idempotency_key)
+    if existing is not None:
+        return Submitted(existing, created=False)
+    options = resolve_options(options, registry)
+    validation = validate_lines(lines)
+    now = utcnow()
+    job = Job(
+        tenant=options.tenant, idempotency_key=options.idempotency_key,
+        input_file=input_file, models=options.models, ranker=options.ranker,
+        fuser=None if options.fuser == NO_FUSER else options.fuser, strategy=options.strategy,
+        aggregation=options.aggregation, top_k=options.top_k, chunk_size=options.chunk_size,
+        meta=options.metadata or None, created_at=now,
+        expires_at=now + timedelta(hours=options.completion_window_hours),
+    )
+    if validation.ok:
+        transition(job, JobStatus.IN_PROGRESS, now)
+        job.total = len(validation.requests)
+    else:
+        transition(job, JobStatus.FAILED, now)
+        job.errors = [e.as_dict() for e in validation.errors]
+        if validation.error_count > len(validation.errors):
+            job.errors.append({"line": 0, "field": "(file)", "message":
+                               f"{validation.error_count - len(validation.errors)} more errors"})
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        # Another submission with the same key committed first.
+        found = find_existing(session, options.tenant, options.idempotency_key)
+        if found is None:
+            raise
+        return Submitted(found, created=False)
+    if validation.ok:
+        _store_requests(session, app, job, validation, options)
+    log.info("job.submitted", job_id=job.id, status=job.status, requests=job.total,
+             errors=validation.error_count)
+    return Submitted(job, created=True, validation=validation)
+
+
+def _store_requests(session: Session, app: Celery, job: Job, validation: ValidationResult,
+                    options: JobOptions) -> None:
+    size = options.chunk_size
+    parsed = validation.requests
+    for index, (start, end) in enumerate(chunk_bounds(len(parsed), size)):
+        part = parsed[start:end]
+        chunk = Chunk(job_id=job.id, index=index, size=len(part))
+        session.add(chunk)
+        session.flush()
+        assert chunk.id is not None
+        session.execute(insert(Request), [
+            {"job_id": job.id, "chunk_id": chunk.id, "line_no": p.line_no,
+             "custom_id": p.custom_id, "instruction": p.instruction, "input": p.input,
+             "messages": p.messages, "params": p.params, "status": RequestStatus.PENDING}
+            for p in part
+        ])
+        canvas = chunk_canvas(app, job.id, chunk.id, options.models)
+        outbox.add(session, outbox.KIND_CANVAS, to_payload(canvas), job_id=job.id,
+                   chunk_id=chunk.id, dedup_key=f"chunk:{chunk.id}")
+
+
+def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
+    """[start, end) of each chunk of ``size`` requests; the last may be shorter."""
+    return [(s, min(s + size, total)) for s in range(0, total, size)]

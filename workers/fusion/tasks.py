@@ -1,0 +1,104 @@
+"""The fusion stage: the top-k candidates of each request merged into one answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from sqlmodel import Session, col, select
+
+from db.engine import session_scope
+from db.models import Fusion, Job, Ranking, Request, RequestStatus, utcnow
+from db.writes import insert_ignore
+from orchestration import lifecycle
+from orchestration.celery_app import FUSE_TASK, app
+from orchestration.registry import RegistryError, get_registry
+from orchestration.settings import Settings
+from workers.base import BlendqTask
+from workers.model_store import ModelLoadError, get_model, revision_of
+from workers.stage_io import candidates_by_request, fail_requests, open_requests
+
+log = structlog.get_logger(__name__)
+TOP1 = "top-1"  # the fuser name recorded when a job has no fuser
+DEFAULT_FUSION = {"num_beams": 4, "max_new_tokens": 128}
+
+
+def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]:
+    url = settings.database_url
+    with session_scope(url) as session:
+        if not lifecycle.chunk_is_running(session, chunk_id):
+            log.info("fuse.skipped")
+            return {"fused": 0}
+        job = session.get(Job, job_id)
+        assert job is not None
+        requests = open_requests(session, chunk_id)
+        top = _top_candidates(session, requests, job.top_k)
+    ready = [r for r in requests if top.get(r.id or 0)]
+    try:
+        fuser_name, revision, params, outputs = _fuse(settings, job, ready, top)
+        failure = None
+    except (RegistryError, ModelLoadError) as exc:
+        failure = f"fusion: {exc}"
+    with session_scope(url) as session:
+        unranked = [session.merge(r) for r in requests if r not in ready]
+        fail_requests(session, unranked, "no ranking was stored for this request")
+        if failure is not None:
+            fail_requests(session, [session.merge(r) for r in ready], failure)
+        else:
+            _store(session, ready, top, fuser_name, revision, params, outputs)
+        lifecycle.finish_chunk(session, chunk_id)
+    log.info("fuse.done", fused=0 if failure else len(ready), failed=len(requests) - len(ready))
+    return {"fused": 0 if failure else len(ready)}
+
+
+def _top_candidates(session: Session, requests: list[Request],
+                    top_k: int) -> dict[int, list[tuple[int, str]]]:
+    """(candidate id, text) of each request's best k, best first, from its ranking."""
+    ids = [r.id for r in requests if r.id]
+    rankings = session.exec(
+        select(Ranking).where(col(Ranking.request_id).in_(ids)).order_by(col(Ranking.id))
+    ).all()
+    latest = {r.request_id: r for r in rankings}
+    texts = {c.id: c.text for cands in candidates_by_request(session, ids).values()
+             for c in cands}
+    return {rid: [(e["candidate_id"], texts[e["candidate_id"]])
+                  for e in ranking.entries[:top_k]]
+            for rid, ranking in latest.items()}
+
+
+def _fuse(settings: Settings, job: Job, requests: list[Request],
+          top: dict[int, list[tuple[int, str]]]) -> tuple[str, str, dict[str, Any], list[str]]:
+    if job.fuser is None:
+        return TOP1, TOP1, {"top_k": 1}, [top[r.id or 0][0][1] for r in requests]
+    entry = get_registry(settings.registry_path).get(job.fuser, "fuser")
+    fuser = get_model(entry, settings)
+    params = {**DEFAULT_FUSION,
+              **{k: v for k, v in entry.params.items() if k in DEFAULT_FUSION},
+              "top_k": job.top_k}
+    items = [(r.instruction, r.input, [text for _, text in top[r.id or 0]]) for r in requests]
+    outputs = fuser.fuse(items, num_beams=int(params["num_beams"]),
+                         max_new_tokens=int(params["max_new_tokens"])) if items else []
+    return entry.name, revision_of(fuser, entry), params, outputs
+
+
+def _store(session: Session, requests: list[Request], top: dict[int, list[tuple[int, str]]],
+           fuser: str, revision: str, params: dict[str, Any], outputs: list[str]) -> None:
+    now = utcnow()
+    insert_ignore(session, Fusion, [
+        {"request_id": r.id, "fuser": fuser, "fuser_revision": revision,
+         "candidate_ids": [cid for cid, _ in top[r.id or 0]], "output": output,
+         "params": params, "created_at": now}
+        for r, output in zip(requests, outputs, strict=True)
+    ])
+    for request, output in zip(requests, outputs, strict=True):
+        row = session.get(Request, request.id)
+        assert row is not None
+        row.fused_output = output
+        row.status = RequestStatus.COMPLETED
+        row.completed_at = now
+        session.add(row)
+
+
+@app.task(name=FUSE_TASK, base=BlendqTask, bind=True)
+def fuse(self: BlendqTask, *, job_id: str, chunk_id: int) -> dict[str, int]:
+    return fuse_chunk(self.settings, job_id, chunk_id)

@@ -1,0 +1,323 @@
+"""PairRM (llm-blender's cross-encoding pairwise ranker) over any Hugging Face encoder.
+
+Checkpoint layout (a directory, the layout of ``llm-blender/PairRM``):
+
+- ``config.json``: the ranker config (``source_maxlength``, ``candidate_maxlength``,
+  ``model_name`` of the backbone, ``n_tasks``, ``drop_out``, ``loss_type``, optional
+  ``revision``). ``*_max_length`` spellings are accepted. If a ``ranker_config.json`` is
+  present it is the ranker config instead, and ``config.json`` may then be the backbone's.
+- ``backbone_config.json``: the backbone's own Hugging Face config (``model_type`` etc.),
+  written by blendq so a checkpoint loads with no hub access. Without it the backbone
+  config comes from ``config.json`` when that is a backbone config, else from
+  ``AutoConfig.from_pretrained(model_name)`` (hub or local cache).
+- tokenizer files, holding the added tokens ``<|source|>`` ``<|candidate1|>``
+  ``<|candidate2|>`` ``<|candidate|>``.
+- ``model.safetensors`` (preferred) or ``pytorch_model.bin`` with keys
+  ``pretrained_model.*`` (backbone), ``head_layer.1.*`` and ``head_layer.4.*``.
+
+Input building (what is reproduced from llm-blender's ``CrossCompareCollator``, and where
+it differs on purpose):
+
+- every segment is ``cls + tokens(prefix + text) + sep``, with ``cls``/``sep`` falling back
+  to ``bos``/``eos``; a literal sep token string (``[SEP]`` for DeBERTa/BERT) in the text is
+  replaced by a space before tokenizing, as the reference does;
+- the source segment is cut to ``source_maxlength`` tokens (specials included); each
+  candidate segment to ``candidate_maxlength + (source_maxlength - len(source)) // 2``;
+  truncation drops tokens from the end of the text, keeping cls/sep;
+- candidates are tokenized with ``<|candidate|>`` and that prefix id is swapped for
+  ``<|candidate1|>``/``<|candidate2|>``, as the reference does (token-identical to
+  tokenizing with those prefixes);
+- differences: the unused source budget is that of this pair's own source (the reference
+  uses the longest source in the batch, so its results change with batching; at batch
+  size 1 the two agree); the three prefix positions are taken from the layout rather than
+  by searching for the prefix ids, so prefix strings inside user text cannot misalign the
+  head (the reference would crash or pick the wrong token).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workers.devices import pick_device, pick_dtype, weights_revision
+
+if TYPE_CHECKING:
+    import torch
+
+SOURCE_PREFIX = "<|source|>"
+CAND1_PREFIX = "<|candidate1|>"
+CAND2_PREFIX = "<|candidate2|>"
+CAND_PREFIX = "<|candidate|>"
+PREFIX_TOKENS = (SOURCE_PREFIX, CAND1_PREFIX, CAND2_PREFIX, CAND_PREFIX)
+
+_RANKER_CONFIG_DEFAULTS: dict[str, Any] = {
+    "ranker_type": "pairranker",
+    "source_maxlength": 1224,
+    "candidate_maxlength": 412,
+    "n_tasks": 1,
+    "drop_out": 0.05,
+    "loss_type": "instructgpt",
+}
+
+
+def _config_int(config: Mapping[str, Any], name: str) -> int:
+    alt = name.replace("maxlength", "max_length")
+    value = config.get(name, config.get(alt, _RANKER_CONFIG_DEFAULTS.get(name)))
+    if value is None:
+        raise ValueError(f"ranker config lacks {name}")
+    return int(value)
+
+
+class PairRanker:
+    """Scores "is candidate A better than B for this source" as a logit (positive: A)."""
+
+    def __init__(
+        self,
+        backbone: Any,
+        tokenizer: Any,
+        config: Mapping[str, Any],
+        device: str | None = None,
+        weights_file: Path | None = None,
+    ) -> None:
+        import torch
+        from torch import nn
+
+        self.config: dict[str, Any] = {**_RANKER_CONFIG_DEFAULTS, **config}
+        self.source_maxlength = _config_int(self.config, "source_maxlength")
+        self.candidate_maxlength = _config_int(self.config, "candidate_maxlength")
+        self.tokenizer = tokenizer
+        self.backbone = backbone
+        hidden = int(backbone.config.hidden_size)
+        drop = float(self.config.get("drop_out", 0.05))
+        self.head_layer = nn.Sequential(
+            nn.Dropout(drop),
+            nn.Linear(2 * hidden, hidden),
+            nn.Tanh(),
+            nn.Dropout(drop),
+            nn.Linear(hidden, int(self.config.get("n_tasks", 1))),
+        )
+        self._weights_file = weights_file
+        self._set_special_ids()
+        self.device = pick_device(device)
+        self.dtype: torch.dtype = pick_dtype(self.device)
+        self.backbone.to(self.device, self.dtype).eval()
+        self.head_layer.to(self.device, self.dtype).eval()
+
+    def _set_special_ids(self) -> None:
+        tok = self.tokenizer
+        ids = {t: tok.convert_tokens_to_ids(t) for t in PREFIX_TOKENS}
+        missing = [t for t, i in ids.items() if i is None or i == tok.unk_token_id]
+        if missing:
+            raise ValueError(f"tokenizer lacks the added tokens {missing}")
+        self.source_prefix_id = ids[SOURCE_PREFIX]
+        self.cand1_prefix_id = ids[CAND1_PREFIX]
+        self.cand2_prefix_id = ids[CAND2_PREFIX]
+        self.cand_prefix_id = ids[CAND_PREFIX]
+        self.sep_token: str | None = tok.sep_token or tok.eos_token
+        cls_token = tok.cls_token or tok.bos_token
+        if self.sep_token is None:
+            raise ValueError("tokenizer has neither a sep nor an eos token")
+        self.sep_id: int = tok.convert_tokens_to_ids(self.sep_token)
+        self.cls_id: int | None = tok.convert_tokens_to_ids(cls_token) if cls_token else None
+        self.pad_id: int = tok.pad_token_id if tok.pad_token_id is not None else self.sep_id
+
+    # ---- loading and saving -------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str | None = None) -> PairRanker:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"ranker checkpoint directory not found: {path}")
+        ranker_cfg_file = root / "ranker_config.json"
+        if not ranker_cfg_file.exists():
+            ranker_cfg_file = root / "config.json"
+        if not ranker_cfg_file.exists():
+            raise FileNotFoundError(f"no config.json in ranker checkpoint {path}")
+        config = json.loads(ranker_cfg_file.read_text())
+
+        weights_file = _find_weights(root)
+        state = _load_state(weights_file)
+
+        backbone_cfg = _read_backbone_config(root, ranker_cfg_file)
+        if backbone_cfg is not None:
+            model_type = backbone_cfg.pop("model_type")
+            hf_config = AutoConfig.for_model(model_type, **backbone_cfg)
+        elif config.get("model_name"):
+            hf_config = AutoConfig.from_pretrained(config["model_name"])
+        else:
+            raise ValueError(f"ranker checkpoint {path} names no backbone config")
+        # The reference resizes embeddings to the tokenizer (added prefix tokens), so the
+        # stored matrix, not the hub config, says how many rows there are.
+        emb = state.get("pretrained_model.embeddings.word_embeddings.weight")
+        if emb is not None:
+            hf_config.vocab_size = int(emb.shape[0])
+
+        tokenizer = AutoTokenizer.from_pretrained(str(root))
+        backbone = AutoModel.from_config(hf_config)
+        ranker = cls(backbone, tokenizer, config, device="cpu", weights_file=weights_file)
+        ranker.load_state_dict(state)
+        ranker.to(pick_device(device))
+        return ranker
+
+    def to(self, device: str) -> PairRanker:
+        self.device = device
+        self.dtype = pick_dtype(device)
+        self.backbone.to(device, self.dtype)
+        self.head_layer.to(device, self.dtype)
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {f"pretrained_model.{k}": v for k, v in self.backbone.state_dict().items()}
+        state.update({f"head_layer.{k}": v for k, v in self.head_layer.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Strict: any missing or unexpected key is an error naming the keys.
+
+        Keys of non-persistent buffers (e.g. ``embeddings.position_ids``, which older
+        transformers versions saved) are skipped: they hold no trained values.
+        """
+        expected = self.state_dict()
+        buffers = {f"pretrained_model.{n}" for n, _ in self.backbone.named_buffers()}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected) - buffers)
+        if missing or unexpected:
+            raise ValueError(
+                f"ranker weights do not match the model: missing keys {missing}, "
+                f"unexpected keys {unexpected}"
+            )
+        backbone_state = {
+            k.removeprefix("pretrained_model."): v
+            for k, v in state.items()
+            if k.startswith("pretrained_model.") and k in expected
+        }
+        head_state = {
+            k.removeprefix("head_layer."): v for k, v in state.items() if k.startswith("head_layer.")
+        }
+        self.backbone.load_state_dict(backbone_state, strict=True)
+        self.head_layer.load_state_dict(head_state, strict=True)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        # A stated revision named the weights it came with; saved weights get their hash.
+        config = {k: v for k, v in self.config.items() if k != "revision"}
+        (root / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (root / "backbone_config.json").write_text(self.backbone.config.to_json_string())
+        self.tokenizer.save_pretrained(str(root))
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(root / "model.safetensors"), metadata={"format": "pt"})
+
+    @property
+    def revision(self) -> str:
+        rev = self.config.get("revision")
+        if rev:
+            return str(rev)
+        if self._weights_file is None:
+            raise ValueError("ranker has no revision: it was not loaded from a checkpoint")
+        return weights_revision(self._weights_file)
+
+    # ---- inputs -----------------------------------------------------------------------
+
+    def _segment(self, prefix: str, text: str, max_len: int) -> list[int]:
+        if self.sep_token:
+            text = text.replace(self.sep_token, " ")
+        content = list(self.tokenizer(prefix + text, add_special_tokens=False, verbose=False)["input_ids"])
+        head = [self.cls_id] if self.cls_id is not None else []
+        keep = max(max_len - len(head) - 1, 1)  # the prefix token always survives
+        return head + content[:keep] + [self.sep_id]
+
+    def _encode(self, source: str, cand_a: str, cand_b: str) -> tuple[list[int], list[int]]:
+        src = self._segment(SOURCE_PREFIX, source, self.source_maxlength)
+        cand_len = self.candidate_maxlength + (self.source_maxlength - len(src)) // 2
+        c1 = self._segment(CAND_PREFIX, cand_a, cand_len)
+        c2 = self._segment(CAND_PREFIX, cand_b, cand_len)
+        at = 1 if self.cls_id is not None else 0
+        if src[at] != self.source_prefix_id or c1[at] != self.cand_prefix_id:
+            raise ValueError("tokenizer split a prefix token; its added tokens are broken")
+        c1[at] = self.cand1_prefix_id
+        c2[at] = self.cand2_prefix_id
+        positions = [at, len(src) + at, len(src) + len(c1) + at]
+        return src + c1 + c2, positions
+
+    def encode_pair(self, source: str, cand_a: str, cand_b: str) -> list[int]:
+        """The input ids for one comparison; its length is what batching should sort by."""
+        return self._encode(source, cand_a, cand_b)[0]
+
+    # ---- scoring ----------------------------------------------------------------------
+
+    def _forward(self, batch: list[tuple[list[int], list[int]]]) -> list[float]:
+        import torch
+
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (ids, _) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, : len(ids)] = 1
+        positions = torch.tensor([pos for _, pos in batch], dtype=torch.long, device=self.device)
+        out = self.backbone(
+            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+        )
+        hidden = out.last_hidden_state
+        rows = torch.arange(len(batch), device=self.device).unsqueeze(-1)
+        picked = hidden[rows, positions]  # [batch, 3, hidden]: source, cand1, cand2
+        left = self.head_layer(torch.cat([picked[:, 0], picked[:, 1]], dim=-1))
+        right = self.head_layer(torch.cat([picked[:, 0], picked[:, 2]], dim=-1))
+        logits = (left - right).mean(dim=-1)
+        return [float(x) for x in logits.float().cpu().tolist()]
+
+    def compare(self, pairs: list[tuple[str, str, str]], batch_size: int = 16) -> list[float]:
+        """Logit of A over B for each (source, A, B), in the order given."""
+        import torch
+
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        encoded = [self._encode(s, a, b) for s, a, b in pairs]
+        # Longest first: less padding per batch, and an out-of-memory shows up at once.
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+        results = [0.0] * len(encoded)
+        self.backbone.eval()
+        self.head_layer.eval()
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idxs = order[start : start + batch_size]
+                for i, logit in zip(idxs, self._forward([encoded[i] for i in idxs]), strict=True):
+                    results[i] = logit
+        return results
+
+
+def _find_weights(root: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {root}")
+
+
+def _load_state(weights_file: Path) -> dict[str, torch.Tensor]:
+    if weights_file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(weights_file))
+    import torch
+
+    state = torch.load(str(weights_file), map_location="cpu", weights_only=True)
+    return dict(state)
+
+
+def _read_backbone_config(root: Path, ranker_cfg_file: Path) -> dict[str, Any] | None:
+    candidates = [root / "backbone_config.json"]
+    if ranker_cfg_file.name != "config.json":
+        candidates.append(root / "config.json")
+    for f in candidates:
+        if f.is_file():
+            data: dict[str, Any] = json.loads(f.read_text())
+            if "model_type" in data:
+                return data
+    return None

@@ -1,0 +1,41 @@
+"""Reads every stage needs: the chunk's open requests and their candidates."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, select
+
+from db.models import Candidate, Request, RequestStatus
+
+
+def open_requests(session: Session, chunk_id: int) -> list[Request]:
+    return list(session.exec(
+        select(Request)
+        .where(Request.chunk_id == chunk_id, Request.status == RequestStatus.PENDING)
+        .order_by(col(Request.id))
+    ).all())
+
+
+def candidates_by_request(session: Session, request_ids: list[int]) -> dict[int, list[Candidate]]:
+    """Every stored candidate, failed ones included, in model-name order per request."""
+    found: dict[int, list[Candidate]] = {rid: [] for rid in request_ids}
+    if not request_ids:
+        return found
+    rows = session.exec(
+        select(Candidate).where(col(Candidate.request_id).in_(request_ids))
+        .order_by(col(Candidate.request_id), col(Candidate.model))
+    ).all()
+    for row in rows:
+        found[row.request_id].append(row)
+    return found
+
+
+def source_text(request: Request) -> str:
+    """What the ranker and fuser see as the prompt."""
+    return f"{request.instruction}\n{request.input}" if request.input else request.instruction
+
+
+def fail_requests(session: Session, requests: list[Request], reason: str) -> None:
+    for request in requests:
+        request.status = RequestStatus.FAILED
+        request.error = reason
+        session.add(request)
