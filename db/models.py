@@ -306,6 +306,18 @@ class Outbox(SQLModel, table=True):
     published_at: datetime | None = _ts()
 
 
+class Chord(SQLModel, table=True):
+    """A chord's size, once its publisher knows it; its row lock serialises the parts."""
+
+    __tablename__ = "chord"
+
+    group_id: str = Field(primary_key=True, max_length=64)
+    size: int | None = Field(default=None)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
 class ChordPart(SQLModel, table=True):
     """One finished header task of a chord; the primary key makes a redelivery count once."""
 

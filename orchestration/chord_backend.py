@@ -2,10 +2,14 @@
 
 Why: the database backend completes chords by polling (``chord_unlock``) and counting
 backends double-count a header task that is delivered twice. Here each finished header
-task inserts one row keyed by (group id, task id), so a redelivery counts once; the part
-that completes the count writes the chord body to the outbox under a unique key, so the
-body is queued exactly once, in the same transaction, and a crash right after cannot lose
-it. The body is then published at once, or by the dispatcher if that fails.
+task inserts one row keyed by (group id, task id), so a redelivery counts once. Parts of
+one chord are serialised on the chord's row lock, so two parts finishing together cannot
+both miss the last count. The part that completes the count writes the chord body to the
+outbox under a unique key, in the same transaction: the body is queued exactly once and a
+crash right after cannot lose it. It is then published at once, or by the dispatcher.
+
+Celery tells the size through ``set_chord_size`` just before it publishes the last header
+task, so the part that completes the count always finds it.
 
 Task results are not stored: every stage writes its output to its own tables.
 """
@@ -18,10 +22,11 @@ import structlog
 from celery import states
 from celery.backends.base import BaseBackend
 from sqlalchemy import func
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from db.engine import session_scope
-from db.models import ChordPart, utcnow
+from db.models import Chord, ChordPart, utcnow
 from db.writes import insert_ignore
 from orchestration import outbox
 from orchestration.canvas import to_payload
@@ -29,11 +34,27 @@ from orchestration.canvas import to_payload
 log = structlog.get_logger(__name__)
 
 
-def record_part(session: Session, group_id: str, task_id: str, state: str, size: int,
-                body: dict[str, Any], job_id: str | None = None) -> int | None:
+def set_size(session: Session, group_id: str, size: int) -> None:
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else (
+        sqlite.insert)
+    stmt = insert(Chord).values(group_id=group_id, size=size, created_at=utcnow())
+    session.execute(stmt.on_conflict_do_update(index_elements=["group_id"],
+                                               set_={"size": size}))
+
+
+def record_part(session: Session, group_id: str, task_id: str, state: str,
+                body: dict[str, Any], job_id: str | None = None,
+                size_hint: int | None = None) -> int | None:
     """Count one header task; returns the outbox id when this part completed the chord."""
+    insert_ignore(session, Chord, [{"group_id": group_id, "size": size_hint,
+                                    "created_at": utcnow()}])
+    chord = session.exec(select(Chord).where(Chord.group_id == group_id)
+                         .with_for_update()).one()
     insert_ignore(session, ChordPart, [{"group_id": group_id, "task_id": task_id,
                                         "state": state, "created_at": utcnow()}])
+    size = chord.size if chord.size is not None else size_hint
+    if size is None:
+        return None
     done = session.exec(
         select(func.count()).select_from(ChordPart).where(ChordPart.group_id == group_id)
     ).one()
@@ -49,8 +70,8 @@ class PostgresChordBackend(BaseBackend):
     def __init__(self, app: Any, url: str | None = None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
 
-    def _settings(self) -> Any:
-        return self.app.conf.blendq_settings
+    def _url(self) -> str:
+        return str(self.app.conf.blendq_settings.database_url)
 
     # -- results: not kept -------------------------------------------------------------
     def _store_result(self, task_id: str, result: Any, state: str, traceback: Any = None,
@@ -68,29 +89,29 @@ class PostgresChordBackend(BaseBackend):
 
     # -- chords ------------------------------------------------------------------------
     def apply_chord(self, header_result_args: Any, body: Any, **kwargs: Any) -> None:
-        # Nothing to set up: parts are counted as they return, against chord_size.
+        # Nothing to poll for: parts are counted as they return.
         return None
+
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
+        with session_scope(self._url()) as session:
+            set_size(session, group_id, chord_size)
 
     def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
         group_id = request.group
         body = request.chord
         if not group_id or not body:
             return
-        size = body.get("chord_size") if isinstance(body, dict) else None
-        if size is None:
-            # Celery sets chord_size on the body it sends with every header task.
-            log.error("chord.size_missing", group_id=group_id, task_id=request.id)
-            return
+        hint = body.get("chord_size") if isinstance(body, dict) else None
         job_id = (request.kwargs or {}).get("job_id")
-        settings = self._settings()
-        with session_scope(settings.database_url) as session:
-            outbox_id = record_part(session, group_id, request.id, state, int(size),
-                                    to_payload(self.app.signature(body)), job_id=job_id)
+        with session_scope(self._url()) as session:
+            outbox_id = record_part(session, group_id, request.id, state,
+                                    to_payload(self.app.signature(body)), job_id=job_id,
+                                    size_hint=hint)
         if outbox_id is None:
             return
         log.info("chord.complete", group_id=group_id, outbox_id=outbox_id)
         try:
-            with session_scope(settings.database_url) as session:
+            with session_scope(self._url()) as session:
                 outbox.relay(session, outbox.celery_publisher(self.app), only_id=outbox_id)
         except Exception:
             # Queued already; the dispatcher publishes it.

@@ -37,8 +37,10 @@ def weights_revision(path: str | Path, length: int = 12) -> str:
     import hashlib
 
     root = Path(path)
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*") if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
     )
     if not files:
         raise FileNotFoundError(f"no weight files under {root}")

@@ -39,3 +39,8 @@ def fail_requests(session: Session, requests: list[Request], reason: str) -> Non
         request.status = RequestStatus.FAILED
         request.error = reason
         session.add(request)
+
+
+def storable(text: str) -> str:
+    """Model output as Postgres can store it: text columns refuse NUL characters."""
+    return text.replace("\x00", "")

@@ -219,9 +219,10 @@ def build_tiny_fuser(path: Path, seed: int) -> Path:
         num_heads=4,
         pad_token_id=fast.pad_token_id,
         eos_token_id=fast.eos_token_id,
-        decoder_start_token_id=fast.pad_token_id,
         initializer_factor=5.0,
     )
+    # T5 starts decoding from the pad token.
+    config.decoder_start_token_id = fast.pad_token_id
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(config)
     path.mkdir(parents=True, exist_ok=True)

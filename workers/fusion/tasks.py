@@ -16,7 +16,7 @@ from orchestration.registry import RegistryError, get_registry
 from orchestration.settings import Settings
 from workers.base import BlendqTask
 from workers.model_store import ModelLoadError, get_model, revision_of
-from workers.stage_io import candidates_by_request, fail_requests, open_requests
+from workers.stage_io import candidates_by_request, fail_requests, open_requests, storable
 
 log = structlog.get_logger(__name__)
 TOP1 = "top-1"  # the fuser name recorded when a job has no fuser
@@ -39,6 +39,10 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         failure = None
     except (RegistryError, ModelLoadError) as exc:
         failure = f"fusion: {exc}"
+    except Exception as exc:
+        # A fuser that breaks fails these requests; the chunk still finishes.
+        log.exception("fuse.failed")
+        failure = f"fusion failed: {type(exc).__name__}: {exc}"
     with session_scope(url) as session:
         unranked = [session.merge(r) for r in requests if r not in ready]
         fail_requests(session, unranked, "no ranking was stored for this request")
@@ -86,14 +90,14 @@ def _store(session: Session, requests: list[Request], top: dict[int, list[tuple[
     now = utcnow()
     insert_ignore(session, Fusion, [
         {"request_id": r.id, "fuser": fuser, "fuser_revision": revision,
-         "candidate_ids": [cid for cid, _ in top[r.id or 0]], "output": output,
+         "candidate_ids": [cid for cid, _ in top[r.id or 0]], "output": storable(output),
          "params": params, "created_at": now}
         for r, output in zip(requests, outputs, strict=True)
     ])
     for request, output in zip(requests, outputs, strict=True):
         row = session.get(Request, request.id)
         assert row is not None
-        row.fused_output = output
+        row.fused_output = storable(output)
         row.status = RequestStatus.COMPLETED
         row.completed_at = now
         session.add(row)

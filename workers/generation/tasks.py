@@ -17,7 +17,7 @@ from orchestration.registry import ModelEntry, RegistryError, get_registry
 from orchestration.settings import Settings
 from workers.base import BlendqTask
 from workers.model_store import ModelLoadError, get_model, revision_of
-from workers.stage_io import open_requests
+from workers.stage_io import open_requests, storable
 
 log = structlog.get_logger(__name__)
 GENERATION_PARAMS = ("max_new_tokens", "temperature", "top_p", "seed")
@@ -76,7 +76,7 @@ def _generate(settings: Settings, model: str, requests: list[Request]) -> list[d
     for request in requests:
         params = effective_params(entry, request)
         groups.setdefault(tuple(sorted(params.items())), []).append(request)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key, members in groups.items():
         params = dict(key)
         started = time.perf_counter()
@@ -102,7 +102,7 @@ def _row(request: Request, model: str, revision: str, params: dict[str, Any], *,
          error: str | None = None, text: str = "", prompt_tokens: int = 0,
          completion_tokens: int = 0, latency_ms: float = 0.0) -> dict[str, Any]:
     return {"request_id": request.id, "model": model, "model_revision": revision,
-            "params": params, "ok": error is None, "text": text if error is None else "",
+            "params": params, "ok": error is None, "text": storable(text) if error is None else "",
             "error": error, "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens, "latency_ms": latency_ms,
             "created_at": utcnow()}

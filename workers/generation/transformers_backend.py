@@ -63,7 +63,7 @@ class TransformersGenerator:
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(self.path, dtype=pick_dtype(self.device))
+        model: Any = AutoModelForCausalLM.from_pretrained(self.path, dtype=pick_dtype(self.device))
         model.to(self.device)
         model.eval()
         self.tokenizer, self.model = tokenizer, model
@@ -80,9 +80,7 @@ class TransformersGenerator:
     def _prompt_ids(self, conversation: Conversation) -> list[int]:
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(
-                conversation, add_generation_prompt=True, tokenize=False
-            )
+            text = tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
             # The template already carries bos and role markers.
             ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
         else:
@@ -129,11 +127,19 @@ class TransformersGenerator:
             # Keep the end: the latest turns and the generation prompt matter most.
             prompts.append((idx, ids[-budget:]))
 
-        sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+        def run(batch: list[list[int]]) -> list[GenerationResult]:
+            return self._run_batch(
+                batch,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+            )
+
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             try:
-                outs = self._run_batch([ids for _, ids in chunk], seed=seed, **sampling)
+                outs = run([ids for _, ids in chunk])
             except Exception as exc:
                 if len(chunk) == 1:
                     idx, ids = chunk[0]
@@ -142,9 +148,9 @@ class TransformersGenerator:
                 # Find which prompt broke the batch instead of failing all of them.
                 log.warning("batch generate failed, retrying one by one: %s", exc)
                 outs = []
-                for idx, ids in chunk:
+                for _, ids in chunk:
                     try:
-                        outs.extend(self._run_batch([ids], seed=seed, **sampling))
+                        outs.extend(run([ids]))
                     except Exception as one_exc:
                         outs.append(GenerationResult("", len(ids), 0, f"generate: {one_exc}"))
             for (idx, _), res in zip(chunk, outs, strict=True):

@@ -81,7 +81,6 @@ class PairRanker:
         device: str | None = None,
         weights_file: Path | None = None,
     ) -> None:
-        import torch
         from torch import nn
 
         self.config: dict[str, Any] = {**_RANKER_CONFIG_DEFAULTS, **config}
@@ -196,7 +195,9 @@ class PairRanker:
             if k.startswith("pretrained_model.") and k in expected
         }
         head_state = {
-            k.removeprefix("head_layer."): v for k, v in state.items() if k.startswith("head_layer.")
+            k.removeprefix("head_layer."): v
+            for k, v in state.items()
+            if k.startswith("head_layer.")
         }
         self.backbone.load_state_dict(backbone_state, strict=True)
         self.head_layer.load_state_dict(head_state, strict=True)
@@ -228,7 +229,9 @@ class PairRanker:
     def _segment(self, prefix: str, text: str, max_len: int) -> list[int]:
         if self.sep_token:
             text = text.replace(self.sep_token, " ")
-        content = list(self.tokenizer(prefix + text, add_special_tokens=False, verbose=False)["input_ids"])
+        content = list(
+            self.tokenizer(prefix + text, add_special_tokens=False, verbose=False)["input_ids"]
+        )
         head = [self.cls_id] if self.cls_id is not None else []
         keep = max(max_len - len(head) - 1, 1)  # the prefix token always survives
         return head + content[:keep] + [self.sep_id]

@@ -42,9 +42,7 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         entry = get_registry(settings.registry_path).get(job.ranker, "ranker")
         ranker = get_model(entry, settings)
     except (RegistryError, ModelLoadError) as exc:
-        with session_scope(url) as session:
-            fail_requests(session, [session.merge(r) for r in rankable], f"ranking: {exc}")
-        return {"ranked": 0, "comparisons": 0}
+        return _give_up(url, rankable, f"ranking: {exc}")
     revision = revision_of(ranker, entry)
     with session_scope(url) as session:
         stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
@@ -56,7 +54,11 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
             if (a, b) not in stored:
                 todo.append((request.id or 0, a or 0, b or 0, source_text(request),
                              cands[i].text, cands[j].text))
-    logits = ranker.compare([(t[3], t[4], t[5]) for t in todo]) if todo else []
+    try:
+        logits = ranker.compare([(t[3], t[4], t[5]) for t in todo]) if todo else []
+    except Exception as exc:
+        log.exception("rank.failed")
+        return _give_up(url, rankable, f"ranking failed: {type(exc).__name__}: {exc}")
     now = utcnow()
     rows = [{"request_id": t[0], "candidate_a_id": t[1], "candidate_b_id": t[2],
              "logit": float(logit), "ranker_revision": revision, "created_at": now}
@@ -70,6 +72,13 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
                            job, revision)
     log.info("rank.done", requests=len(rankable), comparisons=len(rows), revision=revision)
     return {"ranked": len(rankable), "comparisons": len(rows)}
+
+
+def _give_up(url: str, requests: list[Request], reason: str) -> dict[str, int]:
+    """Fail the requests so the chunk can still finish; fusion skips failed requests."""
+    with session_scope(url) as session:
+        fail_requests(session, [session.merge(r) for r in requests], reason)
+    return {"ranked": 0, "comparisons": 0}
 
 
 def _usable(candidates: list[Candidate]) -> list[Candidate]:

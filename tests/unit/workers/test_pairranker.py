@@ -1,7 +1,9 @@
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,11 +50,14 @@ def test_weight_keys_follow_the_reference_layout(ranker: PairRanker) -> None:
     keys = set(ranker.state_dict())
     assert {k.split(".")[0] for k in keys} == {"pretrained_model", "head_layer"}
     assert {k for k in keys if k.startswith("head_layer")} == {
-        "head_layer.1.weight", "head_layer.1.bias", "head_layer.4.weight", "head_layer.4.bias",
+        "head_layer.1.weight",
+        "head_layer.1.bias",
+        "head_layer.4.weight",
+        "head_layer.4.bias",
     }
 
 
-def _copy_with_state(src: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+def _copy_with_state(src: Path, dst: Path, edit: Callable[[dict[str, Any]], object]) -> Path:
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(src, dst)
@@ -73,7 +78,7 @@ def test_strict_loading_names_missing_key(tiny_models: dict[str, Path], tmp_path
 def test_strict_loading_names_unexpected_key(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     import torch
 
-    def add(state: dict) -> None:  # type: ignore[type-arg]
+    def add(state: dict[str, Any]) -> None:
         state["head_layer.7.weight"] = torch.zeros(1)
 
     path = _copy_with_state(tiny_models["tiny-ranker"], tmp_path / "extra", add)
