@@ -1,0 +1,82 @@
+"""Shared fixtures: a real PostgreSQL database migrated once per run, a session per test
+that rolls back, and settings that point at them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlmodel import Session
+
+from orchestration.settings import Settings
+
+ADMIN_URL = os.environ.get("BLENDQ_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BROKER_URL = os.environ.get("BLENDQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+MODEL_CACHE = Path(os.environ.get("BLENDQ_TEST_MODEL_CACHE",
+                                  Path.home() / ".cache" / "blendq-test"))
+
+
+def _database_url() -> str:
+    name = f"blendq_test_{os.getpid()}"
+    admin = make_url(ADMIN_URL)
+    return admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
+        hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh database for this run, migrated with the same command admins use."""
+    from ops import dbadmin
+
+    url = _database_url()
+    name = make_url(url).database
+    try:
+        admin = psycopg.connect(ADMIN_URL, autocommit=True)
+    except psycopg.OperationalError as exc:  # pragma: no cover - a broken machine
+        pytest.fail(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}. Run .ci/run or "
+                    "ops/scripts/services.sh first.")
+    with admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    dbadmin.upgrade(url)
+    yield url
+    from db.engine import dispose_engines
+
+    dispose_engines()
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def settings(pg_url: str) -> Settings:
+    return Settings(env="test", database_url=pg_url, broker_url=BROKER_URL,
+                    model_cache=MODEL_CACHE, chunk_size=8)
+
+
+@pytest.fixture
+def session(pg_url: str) -> Iterator[Session]:
+    """A session inside a transaction that is rolled back after the test."""
+    engine = create_engine(pg_url)
+    connection = engine.connect()
+    transaction = connection.begin()
+    db_session = Session(bind=connection, join_transaction_mode="create_savepoint",
+                         expire_on_commit=False)
+    try:
+        yield db_session
+    finally:
+        db_session.close()
+        transaction.rollback()
+        connection.close()
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def celery_app(settings: Settings):  # type: ignore[no-untyped-def]
+    from orchestration.celery_app import configure
+
+    return configure(settings)
