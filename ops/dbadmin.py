@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -50,8 +51,24 @@ def check(database_url: str) -> list[str]:
         rev = context.get_current_revision()
         if rev != head():
             problems.append(f"database is at revision {rev}, migrations head is {head()}")
-        problems.extend(repr(diff) for diff in compare_metadata(context, SQLModel.metadata))
+        problems.extend(_describe(diff) for diff in compare_metadata(context, SQLModel.metadata))
     return problems
+
+
+def _describe(diff: Any) -> str:
+    """One readable line per difference Alembic found."""
+    if isinstance(diff, list):  # column modifications come grouped
+        return "; ".join(_describe(d) for d in diff)
+    op, *rest = diff
+    names = []
+    for item in rest:
+        table = getattr(item, "table", None)
+        name = getattr(item, "name", None)
+        if name is not None:
+            names.append(f"{table.name}.{name}" if table is not None else str(name))
+        elif isinstance(item, str):
+            names.append(item)
+    return f"{op}: {', '.join(names) or rest!r}"
 
 
 def revision(database_url: str, message: str) -> None:

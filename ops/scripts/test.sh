@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite: services up, environment installed, then pytest (arguments pass through).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ops/scripts/services.sh
+ops/scripts/bootstrap.sh dev
+exec .venv/bin/python -m pytest "$@"
