@@ -12,10 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from db.engine import session_scope
 from db.models import TERMINAL_JOB_STATUSES, Job, JobStatus
 from db.queries import job_summary
-from orchestration.lifecycle import cancel_job
-from orchestration.submission import JobOptions
 from ops import context
 from ops.job_io import parse_models, report_invalid, submit_file, write_results
+from orchestration.lifecycle import cancel_job
+from orchestration.submission import JobOptions
 
 
 @click.group()

@@ -8,9 +8,9 @@ import threading
 
 import click
 
+from ops import context
 from orchestration import dispatcher as relay
 from orchestration.celery_app import FUSE_QUEUE, RANK_QUEUE, gen_queue
-from ops import context
 
 WORKER_MODULES = ("workers.generation.tasks", "workers.ranking.tasks", "workers.fusion.tasks")
 

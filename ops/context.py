@@ -6,10 +6,10 @@ import click
 from celery import Celery
 from pydantic import ValidationError
 
+from ops.logging import configure_logging
 from orchestration.celery_app import configure
 from orchestration.registry import Registry, RegistryError, get_registry
 from orchestration.settings import Settings, get_settings
-from ops.logging import configure_logging
 
 
 def settings() -> Settings:

@@ -14,11 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from db.engine import session_scope
 from db.models import Job, JobStatus
+from ops import context, dbadmin
+from ops.job_io import parse_models, report_invalid, submit_file, write_results
 from orchestration import outbox
 from orchestration.settings import Settings, reset_settings
 from orchestration.submission import JobOptions
-from ops import context, dbadmin
-from ops.job_io import parse_models, report_invalid, submit_file, write_results
 
 
 @click.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
@@ -12,7 +13,7 @@ from orchestration.settings import Settings
 _done: list[bool] = []
 
 
-def configure_logging(settings: Settings, *, stream: object = None) -> None:
+def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> None:
     if _done:
         return
     level = logging.getLevelName(settings.log_level.upper())

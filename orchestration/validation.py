@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 MAX_LINE_BYTES = 1_000_000
 MAX_REQUESTS = 50_000
@@ -206,12 +206,14 @@ def _check_params(params: dict[str, Any], prefix: str) -> dict[str, Any]:
 def _check_param(name: str, value: Any, where: str) -> None:
     types = PARAM_TYPES[name]
     if isinstance(value, bool) or not isinstance(value, types):
-        raise _Invalid(where, f"must be a number, got {_kind(value)}")
-    if name == "max_new_tokens" and not 1 <= value <= 32_768:
+        wanted = "an integer" if types == (int,) else "a number"
+        raise _Invalid(where, f"must be {wanted}, got {_kind(value)}")
+    number = cast(float, value)
+    if name == "max_new_tokens" and not 1 <= number <= 32_768:
         raise _Invalid(where, f"must be between 1 and 32768, got {value}")
-    if name == "temperature" and not 0 <= value <= 2:
+    if name == "temperature" and not 0 <= number <= 2:
         raise _Invalid(where, f"must be between 0 and 2, got {value}")
-    if name == "top_p" and not 0 < value <= 1:
+    if name == "top_p" and not 0 < number <= 1:
         raise _Invalid(where, f"must be in (0, 1], got {value}")
 
 
@@ -234,7 +236,8 @@ def _string(obj: dict[str, Any], name: str, *, required: bool = True, allow_empt
 def _no_unknown(obj: dict[str, Any], allowed: set[str], prefix: str) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise _Invalid(prefix + unknown[0], f"unknown field (expected {', '.join(sorted(allowed))})")
+        expected = ", ".join(sorted(allowed))
+        raise _Invalid(prefix + unknown[0], f"unknown field (expected {expected})")
 
 
 def _kind(value: Any) -> str:
