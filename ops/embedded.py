@@ -75,6 +75,11 @@ def run(file: Path, output: Path | None, models: str | None, fuser: str | None,
 
 
 def _embedded_settings(db_path: Path | None) -> Settings:
+    # The progress bar is the interface here; per-task logs only when asked for.
+    os.environ.setdefault("BLENDQ_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    reset_settings()
     base = context.settings()
     path = db_path or base.model_cache / "blendq-embedded.db"
     path.parent.mkdir(parents=True, exist_ok=True)

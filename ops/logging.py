@@ -33,7 +33,7 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
         cache_logger_on_first_use=True,
     )
     # Libraries (Celery, kombu, alembic) log through the standard library: same stream.
-    logging.basicConfig(level=max(level, logging.INFO), stream=stream or sys.stderr,
+    logging.basicConfig(level=level, stream=stream or sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
