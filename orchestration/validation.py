@@ -121,6 +121,8 @@ def _parse_line(raw: bytes, line_no: int) -> ParsedRequest:
         raise _Invalid("(line)", "JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise _Invalid("(line)", f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except ValueError as exc:  # e.g. an integer literal longer than Python converts
+        raise _Invalid("(line)", f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise _Invalid("(line)", f"must be a JSON object, got {_kind(obj)}")
     custom_id = _string(obj, "custom_id", max_len=MAX_CUSTOM_ID)
@@ -166,7 +168,7 @@ def _parse_openai(obj: dict[str, Any], line_no: int, custom_id: str) -> ParsedRe
             params[ours] = body[theirs]
             _check_param(ours, body[theirs], f"body.{theirs}")
     if isinstance(body.get("model"), str):
-        params["requested_model"] = body["model"]
+        params["requested_model"] = _text(body["model"], "body.model")
     # The ranker and fuser read the last user turn as the instruction; the generators
     # see the whole conversation.
     return ParsedRequest(line_no, custom_id, users[-1], "", messages=messages, params=params)
@@ -187,10 +189,11 @@ def _message(raw: Any, index: int) -> dict[str, str]:
                 part.get("text"), str
             ):
                 raise _Invalid(f"{where}.content[{j}]", "only text parts are supported")
-            parts.append(part["text"])
+            parts.append(_text(part["text"], f"{where}.content[{j}].text"))
         content = "\n".join(parts)
     if not isinstance(content, str):
         raise _Invalid(f"{where}.content", f"must be a string, got {_kind(content)}")
+    _text(content, f"{where}.content")
     if not content.strip() and role == "user":
         raise _Invalid(f"{where}.content", "is empty")
     return {"role": role, "content": content}
@@ -226,10 +229,24 @@ def _string(obj: dict[str, Any], name: str, *, required: bool = True, allow_empt
     value = obj[name]
     if not isinstance(value, str):
         raise _Invalid(name, f"must be a string, got {_kind(value)}")
+    _text(value, name)
     if not allow_empty and not value.strip():
         raise _Invalid(name, "is empty")
     if max_len is not None and len(value) > max_len:
         raise _Invalid(name, f"is {len(value)} characters, the limit is {max_len}")
+    return value
+
+
+def _text(value: str, where: str) -> str:
+    """Refuse what JSON escapes can smuggle past the raw-line checks and Postgres refuses:
+    NUL (``\\u0000``) and lone surrogates (``\\ud800``), which are not UTF-8."""
+    if "\x00" in value:
+        raise _Invalid(where, "contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Invalid(where, f"not valid Unicode at character {exc.start} "
+                              "(a lone surrogate escape)") from None
     return value
 
 

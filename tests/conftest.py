@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from celery import Celery
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
@@ -76,7 +77,7 @@ def session(pg_url: str) -> Iterator[Session]:
 
 
 @pytest.fixture(scope="session")
-def celery_app(settings: Settings):  # type: ignore[no-untyped-def]
+def celery_app(settings: Settings) -> Celery:
     from orchestration.celery_app import configure
 
     return configure(settings)

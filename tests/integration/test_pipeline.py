@@ -58,7 +58,7 @@ def wait_for(url: str, job_id: str, timeout: float = 120) -> Job:
 def count(session: Session, model: type, job_id: str) -> int:
     ids = select(Request.id).where(Request.job_id == job_id)
     return session.exec(select(func.count()).select_from(model)
-                        .where(col(model.request_id).in_(ids))).one()  # type: ignore[attr-defined]
+                        .where(col(model.request_id).in_(ids))).one()
 
 
 def test_24_prompts_through_three_generators(stack: Stack, tmp_path: Path) -> None:

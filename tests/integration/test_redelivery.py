@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from sqlalchemy import func
 from sqlmodel import Session, create_engine, select
 
@@ -17,7 +18,8 @@ from tests.integration.test_pipeline import wait_for, write_prompts
 pytestmark = pytest.mark.integration
 
 
-def test_duplicate_generate_message_changes_nothing(stack: Stack, celery_app, tmp_path: Path):  # type: ignore[no-untyped-def]
+def test_duplicate_generate_message_changes_nothing(stack: Stack, celery_app: Celery,
+                                                    tmp_path: Path) -> None:
     prompts = write_prompts(tmp_path / "in.jsonl", 4)
     job_id = stack.manage("jobs", "submit", str(prompts), "--chunk-size", "4").stdout.strip()
     assert wait_for(stack.settings.database_url, job_id).status == "completed"
@@ -26,10 +28,10 @@ def test_duplicate_generate_message_changes_nothing(stack: Stack, celery_app, tm
         chunk = session.exec(select(Chunk).where(Chunk.job_id == job_id)).one()
         body = session.exec(select(Outbox).where(Outbox.job_id == job_id,
                                                  Outbox.kind == "signature")).one()
-        group_id = body.dedup_key.removeprefix("chord:")  # type: ignore[union-attr]
+        group_id = body.dedup_key.removeprefix("chord:")
         parts = session.exec(select(ChordPart).where(ChordPart.group_id == group_id)).all()
         comparisons = session.exec(select(func.count()).select_from(Comparison).where(
-            Comparison.request_id.in_(select(Request.id).where(Request.job_id == job_id))  # type: ignore[attr-defined]
+            Comparison.request_id.in_(select(Request.id).where(Request.job_id == job_id))
         )).one()
 
     # Publish the same message again: same task id, same group, same chord body, as
@@ -56,7 +58,7 @@ def test_duplicate_generate_message_changes_nothing(stack: Stack, celery_app, tm
         bodies = session.exec(select(func.count()).select_from(Outbox)
                               .where(Outbox.dedup_key == f"chord:{group_id}")).one()
         after = session.exec(select(func.count()).select_from(Comparison).where(
-            Comparison.request_id.in_(select(Request.id).where(Request.job_id == job_id))  # type: ignore[attr-defined]
+            Comparison.request_id.in_(select(Request.id).where(Request.job_id == job_id))
         )).one()
     engine.dispose()
     assert parts == 3
