@@ -13,7 +13,7 @@ import structlog
 from celery import Celery
 
 from db.engine import libpq_url, session_scope
-from orchestration import outbox
+from orchestration import lifecycle, outbox
 from orchestration.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -40,6 +40,9 @@ def run(settings: Settings, app: Celery, stop: threading.Event,
             if listener is None:
                 listener = psycopg.connect(libpq_url(settings.database_url), autocommit=True)
                 listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
+            with session_scope(settings.database_url) as session:
+                for job_id in lifecycle.expire_due_jobs(session):
+                    log.info("job.expired", job_id=job_id)
             handled = relay_all(settings, app)
             if handled:
                 log.info("dispatcher.relayed", messages=handled)

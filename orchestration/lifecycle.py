@@ -154,6 +154,36 @@ def cancel_job(session: Session, job_id: str) -> Job | None:
     if JobStatus(job.status) in TERMINAL_JOB_STATUSES or job.status == JobStatus.CANCELLING:
         return job
     transition(job, JobStatus.CANCELLING)
+    _stop_unstarted(session, job_id, "job cancelled before this chunk started")
+    maybe_finalize(session, job)
+    return job
+
+
+def expire_due_jobs(session: Session, now: datetime | None = None) -> list[str]:
+    """Expire in-progress jobs past their completion window, as the Batch API does.
+
+    Chunks not yet started are cancelled and their requests marked expired; chunks already
+    running finish and their results are kept and counted.
+    """
+    now = now or utcnow()
+    due = session.exec(
+        select(Job.id).where(Job.status == JobStatus.IN_PROGRESS,
+                             col(Job.expires_at).is_not(None), col(Job.expires_at) < now)
+    ).all()
+    expired = []
+    for job_id in due:
+        job = lock_job(session, job_id)
+        if job is None or job.status != JobStatus.IN_PROGRESS:
+            continue
+        transition(job, JobStatus.EXPIRED, now)
+        _stop_unstarted(session, job_id, "job expired before this chunk started")
+        recount(session, job)
+        expired.append(job_id)
+    return expired
+
+
+def _stop_unstarted(session: Session, job_id: str, reason: str) -> None:
+    """Drop the job's unpublished canvases and cancel every chunk no task has started."""
     session.execute(
         update(Outbox)
         .where(col(Outbox.job_id) == job_id, col(Outbox.status) == OutboxStatus.PENDING,
@@ -166,12 +196,11 @@ def cancel_job(session: Session, job_id: str) -> Job | None:
             col(Chunk.status).in_((ChunkStatus.PENDING, ChunkStatus.DISPATCHED)),
         ).with_for_update()
     ).all()
-    _cancel_chunks(session, list(waiting))
-    maybe_finalize(session, job)
-    return job
+    _cancel_chunks(session, list(waiting), reason)
 
 
-def _cancel_chunks(session: Session, chunks: list[Chunk]) -> None:
+def _cancel_chunks(session: Session, chunks: list[Chunk],
+                   reason: str = "job cancelled before this chunk started") -> None:
     if not chunks:
         return
     now = utcnow()
@@ -183,6 +212,6 @@ def _cancel_chunks(session: Session, chunks: list[Chunk]) -> None:
         update(Request)
         .where(col(Request.chunk_id).in_([c.id for c in chunks]),
                col(Request.status) == RequestStatus.PENDING)
-        .values(status=RequestStatus.CANCELLED, error="job cancelled before this chunk started")
+        .values(status=RequestStatus.CANCELLED, error=reason)
     )
     session.flush()

@@ -168,3 +168,35 @@ def test_task_logs_carry_job_chunk_and_task_ids(stage_settings: Settings,
     assert skipped[0]["task_id"] == "task-under-test"
     assert skipped[0]["task"] == "blendq.generate"
     assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_an_expired_job_starts_no_new_chunk_and_keeps_finished_ones(
+        stage_settings: Settings, celery_app: Celery) -> None:
+    from datetime import timedelta
+
+    from orchestration.lifecycle import expire_due_jobs
+
+    lines = [json.dumps({"custom_id": f"e{i}", "instruction": "Hi."}).encode() for i in range(4)]
+    with session_scope(stage_settings.database_url) as session:
+        job_id = submit(session, celery_app, lines,
+                        JobOptions(models=["tiny-a"], top_k=1, chunk_size=2),
+                        get_registry(stage_settings.registry_path)).job.id
+    with session_scope(stage_settings.database_url) as session:
+        first, second = session.exec(select(Chunk).where(Chunk.job_id == job_id)
+                                     .order_by(Chunk.index)).all()
+    _run(stage_settings, job_id, first.id or 0, ["tiny-a"])
+    with session_scope(stage_settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.expires_at is not None
+        assert job_id not in expire_due_jobs(session, job.expires_at - timedelta(seconds=1))
+        assert job_id in expire_due_jobs(session, job.expires_at + timedelta(seconds=1))
+    # The second chunk's canvas, delivered late, does nothing.
+    _run(stage_settings, job_id, second.id or 0, ["tiny-a"])
+    with session_scope(stage_settings.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert (job.status, job.total, job.completed, job.failed) == ("expired", 4, 2, 0)
+        assert job.expired_at is not None
+        statuses = sorted(r.status for r in session.exec(
+            select(Request).where(Request.job_id == job_id)).all())
+        assert statuses == ["cancelled", "cancelled", "completed", "completed"]
