@@ -83,6 +83,7 @@ class OutboxStatus(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     DROPPED = "dropped"  # its job was cancelled before it went out
+    FAILED = "failed"  # could not be published after many attempts
 
 
 class Job(SQLModel, table=True):

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlmodel import select
 
 from db.engine import session_scope
-from db.models import Job, JobStatus
+from db.models import TERMINAL_JOB_STATUSES, Job, JobStatus, Outbox, OutboxStatus
 from ops import context, dbadmin
 from ops.job_io import parse_models, report_invalid, submit_file, write_results
 from orchestration import outbox
@@ -68,6 +69,13 @@ def run(file: Path, output: Path | None, models: str | None, fuser: str | None,
                             description=f"{job.id} {current.status}")
             if not handled:
                 break
+    if current.status not in TERMINAL_JOB_STATUSES:
+        with session_scope(settings.database_url) as session:
+            stuck = session.exec(select(Outbox).where(Outbox.job_id == job.id,
+                                                      Outbox.status == OutboxStatus.PENDING)
+                                 ).first()
+        reason = stuck.last_error if stuck is not None else "no work left to run"
+        raise click.ClickException(f"{job.id} stopped {current.status}: {reason}")
     out = output or Path.cwd() / (file.stem + ".results.jsonl")
     count = write_results(settings, job.id, out)
     click.echo(f"{job.id} {current.status}: {current.completed} completed, "

@@ -114,6 +114,29 @@ def finish_chunk(session: Session, chunk_id: int) -> Job | None:
     return job
 
 
+def abandon_chunk(session: Session, chunk_id: int, reason: str) -> None:
+    """A chunk whose work cannot be sent: its open requests fail, the job goes on."""
+    job_id = session.exec(select(Chunk.job_id).where(Chunk.id == chunk_id)).one_or_none()
+    if job_id is None:
+        return
+    job = lock_job(session, job_id)
+    chunk = session.exec(select(Chunk).where(Chunk.id == chunk_id).with_for_update()).one()
+    assert job is not None
+    if chunk.status in (ChunkStatus.DONE, ChunkStatus.CANCELLED):
+        return
+    chunk.status = ChunkStatus.DONE
+    chunk.finished_at = utcnow()
+    session.add(chunk)
+    session.execute(
+        update(Request)
+        .where(col(Request.chunk_id) == chunk_id, col(Request.status) == RequestStatus.PENDING)
+        .values(status=RequestStatus.FAILED, error=reason)
+    )
+    session.flush()
+    recount(session, job)
+    maybe_finalize(session, job)
+
+
 def recount(session: Session, job: Job) -> None:
     rows = session.exec(
         select(Request.status, func.count()).where(Request.job_id == job.id)
@@ -162,8 +185,8 @@ def cancel_job(session: Session, job_id: str) -> Job | None:
 def expire_due_jobs(session: Session, now: datetime | None = None) -> list[str]:
     """Expire in-progress jobs past their completion window, as the Batch API does.
 
-    Chunks not yet started are cancelled and their requests marked expired; chunks already
-    running finish and their results are kept and counted.
+    Chunks not yet started are cancelled (their requests become cancelled, with the reason
+    in their error); chunks already running finish and their results are kept and counted.
     """
     now = now or utcnow()
     due = session.exec(

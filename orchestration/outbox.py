@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import kombu.exceptions
 import structlog
 from celery import Celery
 from sqlalchemy import text, update
@@ -19,11 +20,17 @@ from sqlmodel import Session, col, select
 from db.engine import is_postgres
 from db.models import Chunk, ChunkStatus, Job, JobStatus, Outbox, OutboxStatus, utcnow
 from db.writes import insert_ignore
+from orchestration import lifecycle
 from orchestration.canvas import from_payload
 
 NOTIFY_CHANNEL = "blendq_outbox"
 KIND_CANVAS = "canvas"  # a chunk's whole canvas, dropped if its job was cancelled first
 KIND_SIGNATURE = "signature"  # a chord body or any other signature, always published
+
+# A row that fails this often for a reason other than the broker being away is given up.
+MAX_ATTEMPTS = 10
+BROKER_DOWN: tuple[type[BaseException], ...] = (
+    ConnectionError, OSError, kombu.exceptions.OperationalError)
 
 log = structlog.get_logger(__name__)
 Publisher = Callable[[Outbox], None]
@@ -50,16 +57,29 @@ def celery_publisher(app: Celery) -> Publisher:
 
 def relay(session: Session, publish: Publisher, *, limit: int = 100,
           only_id: int | None = None) -> int:
-    """Publish up to ``limit`` pending rows; returns how many were handled."""
+    """Publish up to ``limit`` pending rows; returns how many left the pending state.
+
+    A failed publish is recorded on its row (attempts, last_error) and never raised, so the
+    caller's transaction keeps what was sent before it. When the broker is unreachable the
+    batch stops there; any other failure (a row that cannot be published) skips that row,
+    and after MAX_ATTEMPTS the row is given up and its chunk's requests fail with the reason.
+    """
     query = select(Outbox).where(Outbox.status == OutboxStatus.PENDING)
     if only_id is not None:
         query = query.where(Outbox.id == only_id)
     rows = session.exec(
         query.order_by(col(Outbox.id)).limit(limit).with_for_update(skip_locked=True)
     ).all()
+    handled = 0
     for row in rows:
-        _relay_row(session, row, publish)
-    return len(rows)
+        try:
+            _relay_row(session, row, publish)
+        except BROKER_DOWN:
+            break
+        except Exception:
+            continue
+        handled += 1
+    return handled
 
 
 def _relay_row(session: Session, row: Outbox, publish: Publisher) -> None:
@@ -75,8 +95,12 @@ def _relay_row(session: Session, row: Outbox, publish: Publisher) -> None:
         publish(row)
     except Exception as exc:
         row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+        if row.attempts >= MAX_ATTEMPTS and not isinstance(exc, BROKER_DOWN):
+            _give_up(session, row)
         session.add(row)
-        log.warning("outbox.publish_failed", outbox_id=row.id, error=row.last_error)
+        session.flush()
+        log.warning("outbox.publish_failed", outbox_id=row.id, attempts=row.attempts,
+                    error=row.last_error)
         raise
     row.status = OutboxStatus.SENT
     row.published_at = utcnow()
@@ -88,3 +112,11 @@ def _relay_row(session: Session, row: Outbox, publish: Publisher) -> None:
             .values(status=ChunkStatus.DISPATCHED)
         )
     log.debug("outbox.sent", outbox_id=row.id, kind=row.kind, chunk_id=row.chunk_id)
+
+
+def _give_up(session: Session, row: Outbox) -> None:
+    row.status = OutboxStatus.FAILED
+    log.error("outbox.given_up", outbox_id=row.id, chunk_id=row.chunk_id, error=row.last_error)
+    if row.chunk_id is not None:
+        lifecycle.abandon_chunk(session, row.chunk_id,
+                                f"its work could not be published: {row.last_error}")

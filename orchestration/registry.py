@@ -158,6 +158,10 @@ def _parse_entry(raw: Any, where: str, base_dir: Path | None) -> ModelEntry:
         raise RegistryError(
             f"{where}: backend {backend!r} is not one of {', '.join(BACKENDS[role])} for {role}"
         )
+    if not isinstance(raw.get("default", False), bool):
+        raise RegistryError(f"{where}: field 'default' must be true or false")
+    if not isinstance(raw.get("revision", ""), str):
+        raise RegistryError(f"{where}: field 'revision' must be a string")
     params = raw.get("params", {})
     if not isinstance(params, dict):
         raise RegistryError(f"{where}: field 'params' must be a table")

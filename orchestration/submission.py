@@ -58,19 +58,16 @@ def resolve_options(options: JobOptions, registry: Registry) -> JobOptions:
         raise SubmissionError("--models: name at least one generator")
     if len(set(options.models)) != len(options.models):
         raise SubmissionError("--models: a model is named twice")
-    try:
-        for name in options.models:
-            registry.get(name, "generator")
-        ranker = options.ranker or _default(registry, "ranker")
-        registry.get(ranker, "ranker")
-        fuser = options.fuser
-        if fuser is None:
-            default_fuser = registry.default("fuser")
-            fuser = default_fuser.name if default_fuser else NO_FUSER
-        if fuser != NO_FUSER:
-            registry.get(fuser, "fuser")
-    except RegistryError as exc:
-        raise SubmissionError(str(exc)) from exc
+    for name in options.models:
+        _check(registry, name, "generator", "--models")
+    ranker = options.ranker or _default(registry, "ranker")
+    _check(registry, ranker, "ranker", "--ranker")
+    fuser = options.fuser
+    if fuser is None:
+        default_fuser = registry.default("fuser")
+        fuser = default_fuser.name if default_fuser else NO_FUSER
+    if fuser != NO_FUSER:
+        _check(registry, fuser, "fuser", "--fuser")
     if not 1 <= options.top_k <= len(options.models):
         raise SubmissionError(
             f"--top-k: must be between 1 and the number of models ({len(options.models)}), "
@@ -82,6 +79,13 @@ def resolve_options(options: JobOptions, registry: Registry) -> JobOptions:
     if options.aggregation not in AGGREGATIONS:
         raise SubmissionError(f"--aggregation: must be one of {', '.join(AGGREGATIONS)}")
     return JobOptions(**{**options.__dict__, "ranker": ranker, "fuser": fuser})
+
+
+def _check(registry: Registry, name: str, role: str, option: str) -> None:
+    try:
+        registry.get(name, role)
+    except RegistryError as exc:
+        raise SubmissionError(f"{option}: {exc}") from exc
 
 
 def _default(registry: Registry, role: str) -> str:

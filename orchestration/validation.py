@@ -218,6 +218,9 @@ def _check_param(name: str, value: Any, where: str) -> None:
         raise _Invalid(where, f"must be between 0 and 2, got {value}")
     if name == "top_p" and not 0 < number <= 1:
         raise _Invalid(where, f"must be in (0, 1], got {value}")
+    # torch.manual_seed raises on anything outside 64 bits, failing the generation instead.
+    if name == "seed" and not -(2**63) <= number < 2**63:
+        raise _Invalid(where, "must fit in a signed 64-bit integer")
 
 
 def _string(obj: dict[str, Any], name: str, *, required: bool = True, allow_empty: bool = False,

@@ -201,11 +201,13 @@ def test_entry_must_be_a_table() -> None:
     assert error_of('models = ["a"]\n') == "reg.toml: models[1]: must be a table"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG registry.py:169: default=bool(raw['default']) "
-                   "turns the string \"false\" into True instead of rejecting it")
 def test_default_must_be_a_boolean() -> None:
+    # bool("false") is True: a string must be refused, not read as a default.
     text = (gen() + RANKER.format(name="r1") + RANKER.format(name="r2")
             + 'default = "false"\n')
-    # Today this parses and r2, which says "false", becomes the default ranker.
-    message = error_of(text)
-    assert message.startswith("reg.toml: models[3]:") and "default" in message
+    assert error_of(text) == "reg.toml: models[3]: field 'default' must be true or false"
+
+
+def test_revision_must_be_a_string() -> None:
+    assert error_of(gen(extra="revision = 3\n")) == \
+        "reg.toml: models[1]: field 'revision' must be a string"

@@ -62,6 +62,12 @@ def test_native_line_is_mapped_field_by_field() -> None:
     assert req.params == {"max_new_tokens": 16, "temperature": 0.5, "top_p": 1, "seed": 7}
 
 
+@pytest.mark.parametrize("seed", [0, -(2**63), 2**63 - 1])
+def test_seed_limits_are_inclusive(seed: int) -> None:
+    [req] = validate_lines([jl(native("s", params={"seed": seed}))]).requests
+    assert req.params == {"seed": seed}
+
+
 def test_native_input_and_params_are_optional() -> None:
     [req] = validate_lines([jl(native("x"))]).requests
     assert req.input == "" and req.params == {}
@@ -239,6 +245,10 @@ BAD_LINES: list[tuple[str, bytes, str, str]] = [
     ("top_p zero", jl(native("x", params={"top_p": 0})), "params.top_p", "in (0, 1]"),
     ("top_p above one", jl(native("x", params={"top_p": 1.5})), "params.top_p", "in (0, 1]"),
     ("seed float", jl(native("x", params={"seed": 1.0})), "params.seed", "must be an integer"),
+    ("seed above 64 bits", jl(native("x", params={"seed": 2**63})), "params.seed",
+     "signed 64-bit"),
+    ("seed below 64 bits", jl(native("x", params={"seed": -(2**63) - 1})), "params.seed",
+     "signed 64-bit"),
     ("openai max_tokens 0", jl(openai("x", {"messages": [{"role": "user", "content": "q"}],
                                             "max_tokens": 0})),
      "body.max_tokens", "between 1 and 32768"),
