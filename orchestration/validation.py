@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 MAX_LINE_BYTES = 1_000_000
+# The whole file is held in memory while it is validated; the OpenAI Batch API's own limit.
+MAX_FILE_BYTES = 200_000_000
 MAX_REQUESTS = 50_000
 MAX_CUSTOM_ID = 512
 MAX_ERRORS_KEPT = 100
@@ -84,7 +86,12 @@ def validate_lines(raw_lines: Iterable[bytes]) -> ValidationResult:
         if len(errors) < MAX_ERRORS_KEPT:
             errors.append(LineError(line, field_name, message))
 
+    size = 0
     for line_no, raw in enumerate(raw_lines, start=1):
+        size += len(raw)
+        if size > MAX_FILE_BYTES:
+            fail(line_no, "(file)", f"the file is larger than {MAX_FILE_BYTES} bytes")
+            break
         if not raw.strip():
             continue
         if len(requests) >= MAX_REQUESTS:

@@ -413,3 +413,14 @@ def test_default_max_errors_kept() -> None:
 def test_lines_may_come_from_a_generator() -> None:
     result = validate_lines(jl(native(f"g{i}")) for i in range(5))
     assert [r.line_no for r in result.requests] == [1, 2, 3, 4, 5]
+
+
+def test_a_file_over_the_size_limit_is_refused_at_the_line_that_crosses_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(validation, "MAX_FILE_BYTES", 200)
+    line = (json.dumps({"custom_id": "x" * 10, "instruction": "y" * 40}) + "\n").encode()
+    lines = [line.replace(b"xxxxxxxxxx", f"{i:010d}".encode()) for i in range(5)]
+    result = validation.validate_lines(lines)
+    crossing = 200 // len(line) + 1
+    assert [(e.line, e.field) for e in result.errors] == [(crossing, "(file)")]
+    assert "larger than 200 bytes" in result.errors[0].message
