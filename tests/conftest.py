@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -22,19 +23,19 @@ MODEL_CACHE = Path(os.environ.get("BLENDQ_TEST_MODEL_CACHE",
                                   Path.home() / ".cache" / "blendq-test"))
 
 
-def _database_url() -> str:
-    name = f"blendq_test_{os.getpid()}"
+def _database_url(suffix: str = "") -> str:
+    name = f"blendq_test_{os.getpid()}{suffix}"
     admin = make_url(ADMIN_URL)
     return admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
         hide_password=False)
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh database for this run, migrated with the same command admins use."""
+@contextmanager
+def fresh_database(suffix: str = "") -> Iterator[str]:
+    """A new database migrated with the same command admins use, dropped afterwards."""
     from ops import dbadmin
 
-    url = _database_url()
+    url = _database_url(suffix)
     name = make_url(url).database
     try:
         admin = psycopg.connect(ADMIN_URL, autocommit=True)
@@ -45,12 +46,21 @@ def pg_url() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     dbadmin.upgrade(url)
-    yield url
-    from db.engine import dispose_engines
+    try:
+        yield url
+    finally:
+        from db.engine import dispose_engines
 
-    dispose_engines()
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        dispose_engines()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """This run's database for tests that work in-process."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 from kombu import Connection
 
 from orchestration.settings import Settings
+from tests.conftest import fresh_database
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATORS = ("tiny-a", "tiny-b", "tiny-c")
@@ -83,14 +84,23 @@ def vhost_broker_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def stack(settings: Settings, vhost_broker_url: str,
+def stack_database_url() -> Iterator[str]:
+    """The stack's own database: its dispatcher would otherwise relay what in-process
+    tests leave in the outbox and run their jobs behind their backs."""
+    with fresh_database("_stack") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings, vhost_broker_url: str, stack_database_url: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = tmp_path_factory.mktemp("logs")
-    env = {**os.environ, "BLENDQ_ENV": "test", "BLENDQ_DATABASE_URL": settings.database_url,
+    env = {**os.environ, "BLENDQ_ENV": "test", "BLENDQ_DATABASE_URL": stack_database_url,
            "BLENDQ_BROKER_URL": vhost_broker_url, "BLENDQ_MODEL_CACHE": str(settings.model_cache),
            "BLENDQ_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
     env.pop("BLENDQ_REGISTRY_PATH", None)
-    stack_settings = settings.model_copy(update={"broker_url": vhost_broker_url})
+    stack_settings = settings.model_copy(update={"broker_url": vhost_broker_url,
+                                                 "database_url": stack_database_url})
     running = Stack(stack_settings, env, logs)
     # Build the tiny models once, before several processes want them at the same moment.
     from workers.tiny_models import ensure_tiny_models
