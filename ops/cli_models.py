@@ -32,3 +32,17 @@ def list_models(as_json: bool) -> None:
         table.add_row(e.name, e.role, e.backend, e.path, e.revision or "-", e.queue,
                       "yes" if e.default else "", json.dumps(e.params))
     Console().print(table)
+
+
+@models.command("install-demo")
+def install_demo_cmd() -> None:
+    """Build the demo models (SmolLM2, MiniLM ranker) and write their registry."""
+    from workers.demo_models import DemoUnavailable, install_demo
+
+    settings = context.settings()
+    try:
+        registry = install_demo(settings.model_cache)
+    except DemoUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(str(registry))
+    click.echo(f"use it with: export BLENDQ_REGISTRY_PATH={registry}", err=True)

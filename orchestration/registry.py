@@ -5,13 +5,17 @@ A TOML file (``BLENDQ_REGISTRY_PATH``) with one ``[[models]]`` table per entry::
     [[models]]
     name = "tiny-a"            # also names the queue gen.<name> for generators
     role = "generator"         # generator | ranker | fuser
-    backend = "transformers"   # generators: transformers; rankers: pairranker;
-                               # fusers: genfuser
-    path = "/models/qwen-0.5b" # a directory, a hub id, or builtin:NAME for the tiny models
+    backend = "transformers"   # generators: transformers | vllm | openai;
+                               # rankers: pairranker; fusers: genfuser | aggregator
+    path = "/models/qwen-0.5b" # a directory, builtin:NAME for the tiny models, or for
+                               # the openai backend the server's base URL (…/v1)
     revision = ""              # optional; empty means "derive from the weights"
     default = true             # optional; the ranker / fuser used when a job names none
     [models.params]            # decoding or fusion parameters
-    max_new_tokens = 64
+    max_new_tokens = 64        # also temperature, top_p, seed, batch_size
+    overflow = "truncate"      # or "fail": what a prompt longer than the context gets
+    # openai backend: model, endpoint ("chat" | "completions"), concurrency, timeout,
+    # max_retries, api_key_env (the NAME of the variable that holds the key)
 
 Relative paths are resolved against the registry file's folder.
 """
@@ -25,9 +29,9 @@ from typing import Any
 
 ROLES = ("generator", "ranker", "fuser")
 BACKENDS = {
-    "generator": ("transformers",),
+    "generator": ("transformers", "vllm", "openai"),
     "ranker": ("pairranker",),
-    "fuser": ("genfuser",),
+    "fuser": ("genfuser", "aggregator"),
 }
 BUILTIN_PREFIX = "builtin:"
 

@@ -10,10 +10,11 @@ import structlog
 
 from orchestration.registry import ModelEntry
 from orchestration.settings import Settings
+from workers.generation.backend_params import backend_options
 
 log = structlog.get_logger(__name__)
 _lock = threading.Lock()
-_loaded: dict[tuple[str, str, str, str], Any] = {}
+_loaded: dict[tuple[str, ...], Any] = {}
 
 
 class ModelLoadError(RuntimeError):
@@ -32,8 +33,14 @@ def resolve_path(entry: ModelEntry, settings: Settings) -> str:
 
 
 def get_model(entry: ModelEntry, settings: Settings) -> Any:
-    """The loaded model for ``entry``; entries with the same weights share one copy."""
-    key = (entry.role, entry.backend, entry.path, entry.revision)
+    """The loaded model for ``entry``; entries with the same weights share one copy.
+
+    The key leaves out decoding parameters, which are passed per call: one model with three
+    decoding settings (three registry entries, three queues) is loaded once per process.
+    An aggregator fuser over the same weights as a generator still loads its own copy.
+    """
+    key = (entry.role, entry.backend, entry.path, entry.revision,
+           repr(sorted(backend_options(entry).items())))
     with _lock:
         model = _loaded.get(key)
         if model is None:
@@ -44,23 +51,31 @@ def get_model(entry: ModelEntry, settings: Settings) -> Any:
 
 def _load(entry: ModelEntry, settings: Settings) -> Any:
     path = resolve_path(entry, settings)
-    if entry.builtin is None and not Path(path).exists() and not _looks_like_hub_id(path):
+    remote = entry.backend == "openai"
+    if not remote and entry.builtin is None and not Path(path).exists() \
+            and not _looks_like_hub_id(path):
         raise ModelLoadError(f"model {entry.name!r}: path {path} does not exist")
-    log.info("model.loading", model=entry.name, role=entry.role, path=path)
+    log.info("model.loading", model=entry.name, role=entry.role, backend=entry.backend,
+             path=path)
     try:
         if entry.role == "generator":
-            from workers.generation.transformers_backend import TransformersGenerator
+            from workers.generation.backends import create_generator
 
-            generator = TransformersGenerator(path, revision=entry.revision or None)
-            generator.load()
-            return generator
+            return create_generator(entry, path)
         if entry.role == "ranker":
             from workers.ranking.pairranker import PairRanker
 
             return PairRanker.from_pretrained(path)
+        if entry.backend == "aggregator":
+            from workers.fusion.aggregator import AggregatorFuser
+
+            return AggregatorFuser(path, revision=entry.revision or None)
         from workers.fusion.genfuser import GenFuser
 
         return GenFuser.from_pretrained(path)
+    except ImportError as exc:
+        # A missing optional extra: the message says which one to install.
+        raise ModelLoadError(f"model {entry.name!r}: {exc}") from exc
     except Exception as exc:
         raise ModelLoadError(
             f"model {entry.name!r} could not be loaded from {path}: {type(exc).__name__}: {exc}"

@@ -40,8 +40,12 @@ class TransformersGenerator:
         revision: str | None = None,
         device: str | None = None,
         max_context: int | None = None,
+        overflow: str = "truncate",
     ) -> None:
+        if overflow not in ("truncate", "fail"):
+            raise ValueError(f"overflow must be 'truncate' or 'fail', got {overflow!r}")
         self.path = path
+        self.overflow = overflow
         self._revision = revision
         self.device = pick_device(device)
         self.max_context = max_context
@@ -123,6 +127,12 @@ class TransformersGenerator:
                 results[idx] = GenerationResult(
                     "", 0, 0, f"max_new_tokens {max_new_tokens} leaves no room for the prompt"
                 )
+                continue
+            if len(ids) > budget and self.overflow == "fail":
+                results[idx] = GenerationResult(
+                    "", len(ids), 0,
+                    f"prompt is {len(ids)} tokens; the context leaves room for {budget} "
+                    f"(overflow = fail)")
                 continue
             # Keep the end: the latest turns and the generation prompt matter most.
             prompts.append((idx, ids[-budget:]))
