@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ops/scripts/services.sh
-ops/scripts/bootstrap.sh dev
+ops/scripts/bootstrap.sh dev,demo
 exec .venv/bin/python -m pytest "$@"
