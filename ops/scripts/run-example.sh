@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ops/scripts/bootstrap.sh demo
 if [ -z "${BLENDQ_REGISTRY_PATH:-}" ]; then
-  BLENDQ_REGISTRY_PATH="$(.venv/bin/python manage.py models install-demo 2>/dev/null)"
+  BLENDQ_REGISTRY_PATH="$(.venv/bin/python manage.py models install-demo)"
   export BLENDQ_REGISTRY_PATH
 fi
 exec .venv/bin/python manage.py run ops/examples/prompts.jsonl -o "${1:-example.results.jsonl}"
