@@ -15,8 +15,9 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {
     # Qwen2.5-0.5B-Instruct's published config.
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                  num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
