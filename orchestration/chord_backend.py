@@ -16,8 +16,11 @@ Task results are not stored: every stage writes its output to its own tables.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy.exc
 import structlog
 from celery import states
 from celery.backends.base import BaseBackend
@@ -64,6 +67,27 @@ def record_part(session: Session, group_id: str, task_id: str, state: str,
                       dedup_key=f"chord:{group_id}")
 
 
+def _with_retries(action: Callable[[], int | None], attempts: int = 8,
+                  first_wait: float = 0.5) -> int | None:
+    """Run ``action``, waiting out a database restart.
+
+    The part is counted after the task's work is stored and before its message is acked;
+    if counting failed for good, Celery would ack a task whose chord never completes.
+    Waits double from ``first_wait`` (about two minutes in all by default).
+    """
+    wait = first_wait
+    for attempt in range(attempts):
+        try:
+            return action()
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("chord.count_retry", error=str(exc).splitlines()[0], wait=wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 30.0)
+    return None
+
+
 class PostgresChordBackend(BaseBackend):
     supports_native_join = False
 
@@ -96,6 +120,12 @@ class PostgresChordBackend(BaseBackend):
         with session_scope(self._url()) as session:
             set_size(session, group_id, chord_size)
 
+    def _record(self, group_id: str, task_id: str, state: str, payload: dict[str, Any],
+                job_id: str | None, hint: int | None) -> int | None:
+        with session_scope(self._url()) as session:
+            return record_part(session, group_id, task_id, state, payload, job_id=job_id,
+                               size_hint=hint)
+
     def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
         group_id = request.group
         body = request.chord
@@ -103,10 +133,9 @@ class PostgresChordBackend(BaseBackend):
             return
         hint = body.get("chord_size") if isinstance(body, dict) else None
         job_id = (request.kwargs or {}).get("job_id")
-        with session_scope(self._url()) as session:
-            outbox_id = record_part(session, group_id, request.id, state,
-                                    to_payload(self.app.signature(body)), job_id=job_id,
-                                    size_hint=hint)
+        payload = to_payload(self.app.signature(body))
+        outbox_id = _with_retries(lambda: self._record(group_id, request.id, state, payload,
+                                                       job_id, hint))
         if outbox_id is None:
             return
         log.info("chord.complete", group_id=group_id, outbox_id=outbox_id)

@@ -191,3 +191,26 @@ def test_parts_of_one_chord_are_serialised_on_its_row(pg_url: str) -> None:
             cleanup.execute(delete(Chord).where(col(Chord.group_id) == group_id))
             cleanup.commit()
         engine.dispose()
+
+
+def test_counting_waits_out_a_database_that_is_briefly_away() -> None:
+    import sqlalchemy.exc
+
+    from orchestration.chord_backend import _with_retries
+
+    calls: list[int] = []
+
+    def flaky() -> int | None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
+        return 42
+
+    assert _with_retries(flaky, first_wait=0.01) == 42
+    assert len(calls) == 3
+
+    def down() -> int | None:
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("refused"))
+
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        _with_retries(down, attempts=3, first_wait=0.01)
