@@ -29,6 +29,9 @@ class BlendqTask(Task):
     retry_jitter = True
     max_retries = 5
 
+    # Rank and fuse end a chain: if one fails for good, nothing would finish its chunk.
+    finishes_chunk_on_failure = False
+
     @property
     def settings(self) -> Settings:
         return configured_settings()
@@ -42,3 +45,20 @@ class BlendqTask(Task):
             return super().__call__(*args, **kwargs)
         finally:
             structlog.contextvars.clear_contextvars()
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        """After the last retry: fail the chunk's open requests so the job still ends."""
+        chunk_id = (kwargs or {}).get("chunk_id")
+        if not self.finishes_chunk_on_failure or chunk_id is None:
+            return
+        from db.engine import session_scope
+        from orchestration import lifecycle
+        from workers.stage_io import fail_requests, open_requests
+
+        reason = f"{self.name} failed: {type(exc).__name__}: {exc}"[:2000]
+        with session_scope(self.settings.database_url) as session:
+            fail_requests(session, open_requests(session, chunk_id), reason)
+            lifecycle.finish_chunk(session, chunk_id)
+        structlog.get_logger(__name__).error("task.failed_chunk_closed", chunk_id=chunk_id,
+                                             error=reason)

@@ -103,6 +103,6 @@ def _store(session: Session, requests: list[Request], top: dict[int, list[tuple[
         session.add(row)
 
 
-@app.task(name=FUSE_TASK, base=BlendqTask, bind=True)
+@app.task(name=FUSE_TASK, base=BlendqTask, bind=True, finishes_chunk_on_failure=True)
 def fuse(self: BlendqTask, *, job_id: str, chunk_id: int) -> dict[str, int]:
     return fuse_chunk(self.settings, job_id, chunk_id)

@@ -125,6 +125,6 @@ def _store_ranking(session: Session, request: Request, cands: list[Candidate],
     session.add(row)
 
 
-@app.task(name=RANK_TASK, base=BlendqTask, bind=True)
+@app.task(name=RANK_TASK, base=BlendqTask, bind=True, finishes_chunk_on_failure=True)
 def rank(self: BlendqTask, *, job_id: str, chunk_id: int) -> dict[str, int]:
     return rank_chunk(self.settings, job_id, chunk_id)

@@ -200,3 +200,27 @@ def test_an_expired_job_starts_no_new_chunk_and_keeps_finished_ones(
         statuses = sorted(r.status for r in session.exec(
             select(Request).where(Request.job_id == job_id)).all())
         assert statuses == ["cancelled", "cancelled", "completed", "completed"]
+
+
+def test_a_rank_task_that_fails_for_good_closes_its_chunk(stage_settings: Settings,
+                                                          celery_app: Celery) -> None:
+    from workers.generation.tasks import generate
+    from workers.ranking.tasks import rank
+
+    job_id, chunk_id = _submit(stage_settings, celery_app, 2, ["tiny-a"])
+    generate_chunk(stage_settings, job_id, chunk_id, "tiny-a")
+    # What Celery calls once retries are spent; generation never closes a chunk itself.
+    generate.on_failure(RuntimeError("x"), "t0", (), {"job_id": job_id, "chunk_id": chunk_id},
+                        None)
+    with session_scope(stage_settings.database_url) as session:
+        assert session.get(Chunk, chunk_id).status == "running"  # type: ignore[union-attr]
+    rank.on_failure(RuntimeError("ranker exploded"), "t1", (),
+                    {"job_id": job_id, "chunk_id": chunk_id}, None)
+    with session_scope(stage_settings.database_url) as session:
+        requests = session.exec(select(Request).where(Request.job_id == job_id)).all()
+        assert {r.status for r in requests} == {"failed"}
+        assert all("blendq.rank failed: RuntimeError: ranker exploded" in (r.error or "")
+                   for r in requests)
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert (job.status, job.completed, job.failed) == ("completed", 0, 2)
