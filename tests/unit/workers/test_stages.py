@@ -213,7 +213,8 @@ def test_a_rank_task_that_fails_for_good_closes_its_chunk(stage_settings: Settin
     generate.on_failure(RuntimeError("x"), "t0", (), {"job_id": job_id, "chunk_id": chunk_id},
                         None)
     with session_scope(stage_settings.database_url) as session:
-        assert session.get(Chunk, chunk_id).status == "running"  # type: ignore[union-attr]
+        chunk = session.get(Chunk, chunk_id)
+        assert chunk is not None and chunk.status == "running"
     rank.on_failure(RuntimeError("ranker exploded"), "t1", (),
                     {"job_id": job_id, "chunk_id": chunk_id}, None)
     with session_scope(stage_settings.database_url) as session:
