@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from ops.cli_audit import audit
 from ops.cli_db import db
 from ops.cli_jobs import jobs
 from ops.cli_models import models
 from ops.cli_processes import dispatcher, worker
+from ops.cli_queues import queues, workers
 from ops.embedded import run
 
 
@@ -19,5 +21,5 @@ def cli() -> None:
     """
 
 
-for command in (db, jobs, models, worker, dispatcher, run):
+for command in (db, jobs, models, worker, dispatcher, run, queues, workers, audit):
     cli.add_command(command)

@@ -13,6 +13,7 @@ from db.engine import session_scope
 from db.models import TERMINAL_JOB_STATUSES, Job, JobStatus
 from db.queries import job_summary
 from ops import context
+from ops.cli_jobs_admin import list_cmd, retry, show
 from ops.job_io import parse_models, report_invalid, submit_file, write_results
 from orchestration.lifecycle import cancel_job
 from orchestration.submission import JobOptions
@@ -124,3 +125,7 @@ def cancel(job_id: str) -> None:
         if job is None:
             raise click.ClickException(f"no job {job_id}")
         click.echo(f"{job.id} {job.status}")
+
+
+for _command in (list_cmd, show, retry):
+    jobs.add_command(_command)

@@ -12,7 +12,8 @@ from ops import context
 from orchestration import dispatcher as relay
 from orchestration.celery_app import FUSE_QUEUE, RANK_QUEUE, gen_queue
 
-WORKER_MODULES = ("workers.generation.tasks", "workers.ranking.tasks", "workers.fusion.tasks")
+WORKER_MODULES = ("workers.generation.tasks", "workers.ranking.tasks", "workers.fusion.tasks",
+                  "workers.inspect_commands")
 
 
 @click.group()
@@ -20,7 +21,8 @@ def worker() -> None:
     """Start a stage worker (one model per generator process)."""
 
 
-def _start(queue: str, name: str, warm: list[tuple[str, str]], pool: str) -> None:
+def _start(queue: str, name: str, warm: list[tuple[str, str]], pool: str,
+           paused: bool = False) -> None:
     import importlib
 
     from workers.model_store import get_model
@@ -37,8 +39,13 @@ def _start(queue: str, name: str, warm: list[tuple[str, str]], pool: str) -> Non
             get_model(registry.get(model, role), settings)
         except Exception as exc:
             click.echo(f"warning: {exc}; its tasks will record the error", err=True)
+    # A paused queue is selected and excluded at once: the worker starts consuming nothing
+    # (not even for a moment), and ``queues resume`` adds the consumer to it by name.
+    excluded = ["--exclude-queues", queue] if paused else []
+    if paused:
+        click.echo(f"{queue} is paused (queues resume to start it); waiting", err=True)
     app.worker_main([
-        "worker", "--queues", queue, "--pool", pool, "--concurrency", "1",
+        "worker", "--queues", queue, *excluded, "--pool", pool, "--concurrency", "1",
         "--prefetch-multiplier", "1", "--hostname", f"{name}@{socket.gethostname()}",
         "--without-gossip", "--without-mingle", "--loglevel", settings.log_level,
     ])
@@ -55,7 +62,17 @@ def generate(model: str, pool: str) -> None:
         registry.get(model, "generator")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    _start(gen_queue(model), f"gen.{model}", [(model, "generator")], pool)
+    _start(gen_queue(model), f"gen.{model}", [(model, "generator")], pool,
+           paused=_stored_pause(model))
+
+
+def _stored_pause(model: str) -> bool:
+    """Whether an admin paused MODEL (``queues pause``); a restart must not undo it."""
+    from db.engine import session_scope
+    from orchestration.queue_admin import is_paused
+
+    with session_scope(context.settings().database_url) as session:
+        return is_paused(session, model)
 
 
 @worker.command()

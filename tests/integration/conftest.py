@@ -41,6 +41,9 @@ class Stack:
 
     def start(self, name: str, *args: str, ready: str) -> None:
         log = self.logs / f"{name}.log"
+        if log.exists():
+            # A restart: keep the old log beside, and wait for this process's own marker.
+            log.rename(log.with_name(f"{name}.{time.time_ns()}.log"))
         handle = log.open("ab")
         self.processes[name] = subprocess.Popen(
             [sys.executable, "manage.py", *args], cwd=REPO, env=self.env, stdout=handle,
