@@ -18,11 +18,11 @@ WORKER_MODULES = ("workers.generation.tasks", "workers.ranking.tasks", "workers.
 
 @click.group()
 def worker() -> None:
-    """Start a stage worker (one model per generator process)."""
+    """Start a stage worker."""
 
 
-def _start(queue: str, name: str, warm: list[tuple[str, str]], pool: str,
-           paused: bool = False) -> None:
+def _start(queues: list[str], warm: list[tuple[str, str]], pool: str,
+           paused: list[str] | None = None) -> None:
     import importlib
 
     from workers.model_store import get_model
@@ -40,30 +40,37 @@ def _start(queue: str, name: str, warm: list[tuple[str, str]], pool: str,
         except Exception as exc:
             click.echo(f"warning: {exc}; its tasks will record the error", err=True)
     # A paused queue is selected and excluded at once: the worker starts consuming nothing
-    # (not even for a moment), and ``queues resume`` adds the consumer to it by name.
-    excluded = ["--exclude-queues", queue] if paused else []
-    if paused:
+    # from it (not even for a moment), and ``queues resume`` adds the consumer by name.
+    excluded = ["--exclude-queues", ",".join(paused)] if paused else []
+    for queue in paused or []:
         click.echo(f"{queue} is paused (queues resume to start it); waiting", err=True)
+    # The worker's name lists its queues: ``queues resume`` finds workers by it.
+    name = "+".join(queues)
     app.worker_main([
-        "worker", "--queues", queue, *excluded, "--pool", pool, "--concurrency", "1",
-        "--prefetch-multiplier", "1", "--hostname", f"{name}@{socket.gethostname()}",
+        "worker", "--queues", ",".join(queues), *excluded, "--pool", pool,
+        "--concurrency", "1", "--prefetch-multiplier", "1",
+        "--hostname", f"{name}@{socket.gethostname()}",
         "--without-gossip", "--without-mingle", "--loglevel", settings.log_level,
     ])
 
 
 @worker.command()
-@click.option("--model", "model", required=True, help="Generator name from the registry.")
+@click.option("--model", "models", required=True, multiple=True,
+              help="Generator name from the registry; repeat it to serve several entries "
+                   "from one process (entries with the same weights share one copy).")
 @click.option("--pool", default="solo", show_default=True,
               help="Celery pool; solo keeps one copy of the weights in the process.")
-def generate(model: str, pool: str) -> None:
-    """Consume gen.MODEL only."""
+def generate(models: tuple[str, ...], pool: str) -> None:
+    """Consume gen.MODEL only (one queue per --model)."""
     registry = context.registry(context.settings())
-    try:
-        registry.get(model, "generator")
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    _start(gen_queue(model), f"gen.{model}", [(model, "generator")], pool,
-           paused=_stored_pause(model))
+    for model in models:
+        try:
+            registry.get(model, "generator")
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+    names = list(dict.fromkeys(models))
+    _start([gen_queue(m) for m in names], [(m, "generator") for m in names], pool,
+           paused=[gen_queue(m) for m in names if _stored_pause(m)])
 
 
 def _stored_pause(model: str) -> bool:
@@ -81,7 +88,7 @@ def rank(pool: str) -> None:
     """Consume the rank queue."""
     registry = context.registry(context.settings())
     default = registry.default("ranker")
-    _start(RANK_QUEUE, "rank", [(default.name, "ranker")] if default else [], pool)
+    _start([RANK_QUEUE], [(default.name, "ranker")] if default else [], pool)
 
 
 @worker.command()
@@ -90,7 +97,7 @@ def fuse(pool: str) -> None:
     """Consume the fuse queue."""
     registry = context.registry(context.settings())
     default = registry.default("fuser")
-    _start(FUSE_QUEUE, "fuse", [(default.name, "fuser")] if default else [], pool)
+    _start([FUSE_QUEUE], [(default.name, "fuser")] if default else [], pool)
 
 
 @click.command()

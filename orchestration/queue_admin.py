@@ -4,7 +4,7 @@ Pausing a generator does two things: ``registered_model.paused`` is stored (so a
 that starts later stays paused, see ``ops/cli_processes.py``) and a ``cancel_consumer``
 is broadcast, so running workers stop taking messages from ``gen.<model>``; a task already
 running finishes. Resuming clears the flag and sends ``add_consumer`` only to the workers
-named ``gen.<model>@…`` (the name ``manage.py worker generate`` gives them): a broadcast
+named after their queues, ``gen.<model>[+gen.<other>…]@…``: a broadcast
 would make every other worker start consuming that queue too.
 
 Purging reads every message off the queue on one channel without acknowledging it,
@@ -109,8 +109,10 @@ def queue_states(broker_url: str, names: list[str]) -> list[QueueState]:
 
 def model_workers(app: Celery, model: str, timeout: float = 1.0) -> list[str]:
     replies = app.control.ping(timeout=timeout) or []
-    prefix = f"{gen_queue(model)}@"
-    return sorted(name for reply in replies for name in reply if name.startswith(prefix))
+    # Generator workers are named after their queues: gen.a+gen.b@host.
+    queue = gen_queue(model)
+    return sorted(name for reply in replies for name in reply
+                  if queue in name.split("@", 1)[0].split("+"))
 
 
 def pause_consumers(app: Celery, queue: str, timeout: float = 2.0) -> list[str]:

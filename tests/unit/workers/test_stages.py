@@ -225,3 +225,34 @@ def test_a_rank_task_that_fails_for_good_closes_its_chunk(stage_settings: Settin
         job = session.get(Job, job_id)
         assert job is not None
         assert (job.status, job.completed, job.failed) == ("completed", 0, 2)
+
+
+def test_entries_that_share_weights_share_one_loaded_model(tmp_path: Path,
+                                                            settings: Settings) -> None:
+    from orchestration.registry import parse_registry
+    from workers.model_store import get_model
+
+    registry = parse_registry("""
+[[models]]
+name = "same-greedy"
+role = "generator"
+backend = "transformers"
+path = "builtin:tiny-a"
+params = { temperature = 0.0 }
+
+[[models]]
+name = "same-hot"
+role = "generator"
+backend = "transformers"
+path = "builtin:tiny-a"
+params = { temperature = 1.0, seed = 3 }
+
+[[models]]
+name = "other"
+role = "generator"
+backend = "transformers"
+path = "builtin:tiny-b"
+""", "test")
+    greedy = get_model(registry.get("same-greedy"), settings)
+    assert get_model(registry.get("same-hot"), settings) is greedy
+    assert get_model(registry.get("other"), settings) is not greedy
