@@ -10,7 +10,7 @@ import click
 
 from ops import context
 from orchestration import dispatcher as relay
-from orchestration.celery_app import FUSE_QUEUE, RANK_QUEUE, gen_queue
+from orchestration.celery_app import FUSE_QUEUE, RANK_QUEUE, declare_dead_letters, gen_queue
 
 WORKER_MODULES = ("workers.generation.tasks", "workers.ranking.tasks", "workers.fusion.tasks",
                   "workers.inspect_commands")
@@ -32,6 +32,7 @@ def _start(queues: list[str], warm: list[tuple[str, str]], pool: str,
     registry = context.registry(settings)
     for module in WORKER_MODULES:
         importlib.import_module(module)
+    declare_dead_letters(app)
     # Load (and so warm) the model before consuming, so the first task is not slow and
     # a broken path is reported at start-up.
     for model, role in warm:
@@ -110,4 +111,8 @@ def dispatcher(poll: float) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    try:
+        declare_dead_letters(app)
+    except Exception as exc:  # the broker may be away; the workers declare it too
+        click.echo(f"warning: dead-letter queue not declared yet: {exc}", err=True)
     relay.run(settings, app, stop, poll_seconds=poll)

@@ -167,3 +167,55 @@ def _task(task: dict[str, Any]) -> dict[str, Any]:
     kwargs = task.get("kwargs") or {}
     return {"id": task.get("id"), "name": task.get("name"),
             "job_id": kwargs.get("job_id"), "chunk_id": kwargs.get("chunk_id")}
+
+
+@queues.group()
+def dead() -> None:
+    """Dead-lettered messages: tasks the workers rejected for good."""
+
+
+@dead.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def dead_list(as_json: bool) -> None:
+    """Every dead message with its task, origin queue, reason and job/chunk."""
+    from orchestration.dead_letters import peek
+
+    settings = context.settings()
+    messages = peek(settings.broker_url)
+    if as_json:
+        click.echo(json.dumps([m.as_dict() for m in messages], indent=2))
+        return
+    table = Table(title=f"dead letters ({len(messages)})")
+    for column in ("task id", "task", "from queue", "reason", "deaths", "job", "chunk"):
+        table.add_column(column)
+    for m in messages:
+        table.add_row(m.task_id, m.task, m.queue, m.reason, str(m.deaths),
+                      str(m.kwargs.get("job_id", "")), str(m.kwargs.get("chunk_id", "")))
+    Console(width=160).print(table)
+
+
+@dead.command("show")
+@click.argument("task_id")
+def dead_show(task_id: str) -> None:
+    """One dead message in full (its task arguments are ids only)."""
+    from orchestration.dead_letters import peek
+
+    found = [m for m in peek(context.settings().broker_url) if m.task_id == task_id]
+    if not found:
+        raise click.ClickException(f"no dead message with task id {task_id}")
+    click.echo(json.dumps(found[0].as_dict(), indent=2))
+
+
+@dead.command("requeue")
+@click.argument("task_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Requeue every dead message.")
+def dead_requeue(task_ids: tuple[str, ...], everything: bool) -> None:
+    """Send dead messages back to the queues they came from."""
+    from orchestration.dead_letters import requeue
+
+    if not task_ids and not everything:
+        raise click.UsageError("name task ids, or pass --all")
+    moved = requeue(context.settings().broker_url, None if everything else set(task_ids))
+    for m in moved:
+        click.echo(f"{m.task_id} {m.task} -> {m.queue}")
+    click.echo(f"{len(moved)} message(s) requeued")

@@ -14,6 +14,10 @@ FUSE_TASK = "blendq.fuse"
 RANK_QUEUE = "rank"
 FUSE_QUEUE = "fuse"
 EXCHANGE = Exchange("blendq", type="direct", durable=True)
+# Messages rejected for good land here, whichever queue they came from; the x-death header
+# they carry says which (manage.py queues dead list / show / requeue).
+DEAD_EXCHANGE = Exchange("blendq.dead", type="fanout", durable=True)
+DEAD_QUEUE = "blendq.dead"
 
 app = Celery("blendq")
 _configured: list[Settings] = []
@@ -23,19 +27,34 @@ def gen_queue(model: str) -> str:
     return f"gen.{model}"
 
 
-def declare_queue(name: str) -> Queue:
-    return Queue(name, EXCHANGE, routing_key=name, durable=True)
+def declare_queue(name: str, settings: Settings | None = None) -> Queue:
+    arguments: dict[str, object] = {"x-dead-letter-exchange": DEAD_EXCHANGE.name}
+    if settings is not None and settings.quorum_queues:
+        arguments.update({"x-queue-type": "quorum",
+                          "x-delivery-limit": settings.max_deliveries})
+    return Queue(name, EXCHANGE, routing_key=name, durable=True, queue_arguments=arguments)
+
+
+def dead_letter_queue() -> Queue:
+    return Queue(DEAD_QUEUE, DEAD_EXCHANGE, routing_key=DEAD_QUEUE, durable=True)
+
+
+def declare_dead_letters(app: Celery) -> None:
+    """Create the dead-letter exchange and queue (workers and the dispatcher call this at
+    start, before any queue can dead-letter into them)."""
+    with app.connection_for_write() as connection:
+        dead_letter_queue()(connection.default_channel).declare()
 
 
 def configure(settings: Settings | None = None, *, eager: bool = False) -> Celery:
     """Apply ``settings`` to the process's app; entry points call this once at start."""
     settings = settings or get_settings()
-    queues = [declare_queue(RANK_QUEUE), declare_queue(FUSE_QUEUE)]
+    queues = [declare_queue(RANK_QUEUE, settings), declare_queue(FUSE_QUEUE, settings)]
     try:
         generators = get_registry(settings.registry_path).by_role("generator")
     except RegistryError:
         generators = []  # reported by whichever command reads the registry
-    queues.extend(declare_queue(gen_queue(e.name)) for e in generators)
+    queues.extend(declare_queue(gen_queue(e.name), settings) for e in generators)
     app.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
@@ -43,6 +62,11 @@ def configure(settings: Settings | None = None, *, eager: bool = False) -> Celer
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A task that fails for good is rejected, so its message is dead-lettered for an
+        # admin to inspect or requeue; the failure itself is recorded by the task. A time
+        # limit is acked: rejecting would requeue it to time out again.
+        task_acks_on_failure=False,
+        task_acks_on_timeout=True,
         worker_prefetch_multiplier=1,
         task_serializer="json",
         result_serializer="json",

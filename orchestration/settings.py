@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # Seconds a worker may spend on one task; RabbitMQ's consumer timeout must stay above it.
     task_time_limit: int = Field(default=3600, ge=10)
     dispatcher_batch: int = Field(default=100, ge=1)
+    # Quorum queues survive a broker node's loss and bound redeliveries (x-delivery-limit),
+    # so a message that kills its worker every time ends in the dead-letter queue.
+    quorum_queues: bool = False
+    max_deliveries: int = Field(default=5, ge=1)
     max_task_retries: int = Field(default=5, ge=0)
 
     @model_validator(mode="after")
