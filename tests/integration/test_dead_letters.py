@@ -66,3 +66,21 @@ def test_queues_are_declared_with_the_dead_letter_exchange(stack: Stack) -> None
     for queue in ("gen.tiny-a", "rank", "fuse"):
         assert "x-dead-letter-exchange" in rows[queue] and "blendq.dead" in rows[queue]
     assert "blendq.dead" in rows
+
+
+def test_quorum_queues_bound_redeliveries(stack: Stack) -> None:
+    import subprocess
+
+    from kombu import Connection
+
+    from orchestration.celery_app import declare_queue
+
+    quorum = stack.settings.model_copy(update={"quorum_queues": True, "max_deliveries": 3})
+    with Connection(stack.settings.broker_url) as connection:
+        declare_queue("gen.quorum-check", quorum)(connection.default_channel).declare()
+    vhost = stack.settings.broker_url.rsplit("/", 1)[1]
+    listing = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type",
+                              "arguments"], capture_output=True, text=True, timeout=60).stdout
+    row = next(line for line in listing.splitlines() if line.startswith("gen.quorum-check"))
+    assert "quorum" in row
+    assert "x-delivery-limit" in row and "x-dead-letter-exchange" in row
