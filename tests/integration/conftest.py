@@ -60,6 +60,12 @@ class Stack:
             time.sleep(0.2)
         raise AssertionError(f"{name} did not start:\n{log.read_text(errors='replace')[-3000:]}")
 
+    def kill(self, name: str) -> None:
+        """SIGKILL: no shutdown, no ack, no cleanup, as when a machine dies."""
+        process = self.processes.pop(name)
+        process.kill()
+        process.wait()
+
     def stop(self, name: str) -> None:
         process = self.processes.pop(name)
         process.terminate()

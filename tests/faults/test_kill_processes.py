@@ -1,0 +1,68 @@
+"""kill -9 each kind of blendq process while a job runs: once it is back, the job
+completes with every request accounted for and no row stored twice."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func
+from sqlmodel import Session, create_engine, select
+
+from db.models import Candidate, Chunk, Comparison, Fusion, Ranking, Request
+from tests.integration.conftest import Stack
+from tests.integration.test_pipeline import wait_for, write_prompts
+
+pytestmark = pytest.mark.integration
+PROMPTS = 24
+
+# process name, the command that starts it, what shows it is in the middle of its work
+PROCESSES = {
+    "gen-tiny-a": (("worker", "generate", "--model", "tiny-a"), " ready.", Candidate),
+    "rank": (("worker", "rank"), " ready.", Ranking),
+    "fuse": (("worker", "fuse"), " ready.", Fusion),
+    "dispatcher": (("dispatcher", "--poll", "0.5"), "dispatcher.started", None),
+}
+
+
+def _count(session: Session, model: type, job_id: str) -> int:
+    ids = select(Request.id).where(Request.job_id == job_id)
+    return session.exec(select(func.count()).select_from(model)
+                        .where(model.request_id.in_(ids))).one()
+
+
+def _started(session: Session, model: type | None, job_id: str) -> bool:
+    if model is None:  # the dispatcher: some chunks sent, some still waiting
+        statuses = session.exec(select(Chunk.status).where(Chunk.job_id == job_id)).all()
+        return "pending" in statuses and any(s != "pending" for s in statuses)
+    return _count(session, model, job_id) > 0
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_kill_9_mid_job(stack: Stack, tmp_path: Path, name: str) -> None:
+    args, ready, progress = PROCESSES[name]
+    # Long generations and small chunks, so the job is still running when the kill lands.
+    prompts = write_prompts(tmp_path / "in.jsonl", PROMPTS, params={"max_new_tokens": 96})
+    job_id = stack.manage("jobs", "submit", str(prompts), "--chunk-size", "2").stdout.strip()
+    engine = create_engine(stack.settings.database_url)
+    deadline = time.monotonic() + 120
+    with Session(engine) as session:
+        while not _started(session, progress, job_id):
+            assert time.monotonic() < deadline, f"{name} never started on the job"
+            time.sleep(0.05)
+            session.expire_all()
+    stack.kill(name)
+    time.sleep(1.0)
+    stack.start(name, *args, ready=ready)
+    job = wait_for(stack.settings.database_url, job_id, timeout=300)
+    assert (job.status, job.total, job.completed, job.failed) == (
+        "completed", PROMPTS, PROMPTS, 0)
+    with Session(engine) as session:
+        assert _count(session, Candidate, job_id) == PROMPTS * 3
+        assert _count(session, Comparison, job_id) == PROMPTS * 6
+        assert _count(session, Ranking, job_id) == PROMPTS
+        assert _count(session, Fusion, job_id) == PROMPTS
+        statuses = session.exec(select(Request.status).where(Request.job_id == job_id)).all()
+        assert set(statuses) == {"completed"}
+    engine.dispose()
