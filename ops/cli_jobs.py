@@ -16,7 +16,7 @@ from ops import context
 from ops.cli_jobs_admin import list_cmd, retry, show
 from ops.job_io import parse_models, report_invalid, submit_file, write_results
 from orchestration.lifecycle import cancel_job
-from orchestration.submission import JobOptions
+from orchestration.submission import AGGREGATIONS, STRATEGIES, JobOptions
 
 
 @click.group()
@@ -33,10 +33,14 @@ def jobs() -> None:
               help="Candidates the fuser reads (default: 3, or fewer models if fewer).")
 @click.option("--idempotency-key", help="Submitting the same key again returns the same job.")
 @click.option("--chunk-size", type=int, help="Requests per canvas (default: BLENDQ_CHUNK_SIZE).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="full", show_default=True,
+              help="Which pairs the ranker compares (see workers/ranking/strategies.py).")
+@click.option("--aggregation", type=click.Choice(AGGREGATIONS), default="max_logits",
+              show_default=True, help="How pairwise logits become scores.")
 @click.option("--tenant", default="default", show_default=True)
 def submit_cmd(file: Path, models: str | None, ranker: str | None, fuser: str | None,
                top_k: int | None, idempotency_key: str | None, chunk_size: int | None,
-               tenant: str) -> None:
+               strategy: str, aggregation: str, tenant: str) -> None:
     """Validate FILE (JSONL) and queue it as a job; prints the job id."""
     settings = context.settings()
     app = context.app(settings)
@@ -45,6 +49,7 @@ def submit_cmd(file: Path, models: str | None, ranker: str | None, fuser: str | 
     options = JobOptions(models=chosen, ranker=ranker, fuser=fuser,
                          top_k=top_k if top_k is not None else min(3, len(chosen)),
                          chunk_size=chunk_size or settings.chunk_size, tenant=tenant,
+                         strategy=strategy, aggregation=aggregation,
                          idempotency_key=idempotency_key)
     submitted = submit_file(settings, app, registry, file, options)
     click.echo(submitted.job.id)

@@ -19,7 +19,7 @@ from ops import context, dbadmin
 from ops.job_io import parse_models, report_invalid, submit_file, write_results
 from orchestration import outbox
 from orchestration.settings import Settings, reset_settings
-from orchestration.submission import JobOptions
+from orchestration.submission import AGGREGATIONS, STRATEGIES, JobOptions
 
 
 @click.command()
@@ -29,10 +29,14 @@ from orchestration.submission import JobOptions
 @click.option("--models", help="Comma-separated generators (default: every generator).")
 @click.option("--fuser", help="Fuser name, or 'none' to keep the top-ranked candidate.")
 @click.option("--top-k", type=int, help="Candidates the fuser reads (default: up to 3).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="full", show_default=True,
+              help="Which pairs the ranker compares.")
+@click.option("--aggregation", type=click.Choice(AGGREGATIONS), default="max_logits",
+              show_default=True)
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite file (default: blendq-embedded.db in the model cache).")
 def run(file: Path, output: Path | None, models: str | None, fuser: str | None,
-        top_k: int | None, db_path: Path | None) -> None:
+        top_k: int | None, strategy: str, aggregation: str, db_path: Path | None) -> None:
     """Run FILE through generate → rank → fuse in this process and write the results."""
     settings = _embedded_settings(db_path)
     app = context.app(settings, eager=True)
@@ -41,7 +45,8 @@ def run(file: Path, output: Path | None, models: str | None, fuser: str | None,
     dbadmin.upgrade(settings.database_url)
     options = JobOptions(models=chosen, fuser=fuser,
                          top_k=top_k if top_k is not None else min(3, len(chosen)),
-                         chunk_size=settings.chunk_size)
+                         chunk_size=settings.chunk_size, strategy=strategy,
+                         aggregation=aggregation)
     import importlib
 
     from ops.cli_processes import WORKER_MODULES

@@ -21,8 +21,10 @@ from orchestration.registry import Registry, RegistryError
 from orchestration.validation import ValidationResult, validate_lines
 
 log = structlog.get_logger(__name__)
-STRATEGIES = ("full",)
-AGGREGATIONS = ("max_logits",)
+# Kept equal to workers.ranking.strategies (orchestration never imports workers; a unit
+# test checks the two agree).
+STRATEGIES = ("full", "half", "bubble", "topk")
+AGGREGATIONS = ("max_logits", "max_wins")
 NO_FUSER = "none"
 
 

@@ -16,7 +16,7 @@ from orchestration.registry import RegistryError, get_registry
 from orchestration.settings import Settings
 from workers.base import BlendqTask
 from workers.model_store import ModelLoadError, get_model, revision_of
-from workers.ranking.aggregation import full_pairs, max_logits, rank_order
+from workers.ranking.strategies import Pair, final_order, plan, run_plans
 from workers.stage_io import candidates_by_request, fail_requests, open_requests, source_text
 
 log = structlog.get_logger(__name__)
@@ -46,32 +46,53 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
     revision = revision_of(ranker, entry)
     with session_scope(url) as session:
         stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
-    todo: list[tuple[int, int, int, str, str, str]] = []
-    for request in rankable:
-        cands = _usable(by_request[request.id or 0])
-        for i, j in full_pairs(len(cands)):
-            a, b = cands[i].id, cands[j].id
-            if (a, b) not in stored:
-                todo.append((request.id or 0, a or 0, b or 0, source_text(request),
-                             cands[i].text, cands[j].text))
+    cands_of = {r.id or 0: _usable(by_request[r.id or 0]) for r in rankable}
+    source_of = {r.id or 0: source_text(r) for r in rankable}
+    plans = {rid: plan(job.strategy, len(cands), seed=rid, top_k=job.top_k)
+             for rid, cands in cands_of.items()}
+    written = 0
+
+    def compare(needs: dict[int, list[Pair]]) -> dict[int, dict[Pair, float]]:
+        """One round: every request's new pairs in one ranker call, stored at once."""
+        nonlocal written
+        flat = [(rid, pair) for rid, pairs in needs.items() for pair in pairs]
+        logits = ranker.compare([(source_of[rid], cands_of[rid][i].text,
+                                  cands_of[rid][j].text) for rid, (i, j) in flat])
+        now = utcnow()
+        rows = [{"request_id": rid, "candidate_a_id": cands_of[rid][i].id,
+                 "candidate_b_id": cands_of[rid][j].id, "logit": float(logit),
+                 "ranker_revision": revision, "created_at": now}
+                for (rid, (i, j)), logit in zip(flat, logits, strict=True)]
+        with session_scope(url) as session:
+            insert_ignore(session, Comparison, rows)
+        written += len(rows)
+        results: dict[int, dict[Pair, float]] = {}
+        for (rid, pair), logit in zip(flat, logits, strict=True):
+            results.setdefault(rid, {})[pair] = float(logit)
+        return results
+
     try:
-        logits = ranker.compare([(t[3], t[4], t[5]) for t in todo]) if todo else []
+        tops = run_plans(plans, compare, known={
+            rid: _by_index(cands, stored) for rid, cands in cands_of.items()})
     except Exception as exc:
         log.exception("rank.failed")
         return _give_up(url, rankable, f"ranking failed: {type(exc).__name__}: {exc}")
-    now = utcnow()
-    rows = [{"request_id": t[0], "candidate_a_id": t[1], "candidate_b_id": t[2],
-             "logit": float(logit), "ranker_revision": revision, "created_at": now}
-            for t, logit in zip(todo, logits, strict=True)]
     with session_scope(url) as session:
-        insert_ignore(session, Comparison, rows)
         # Score from what is stored, so a redelivery ranks from the same numbers.
         stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
         for request in rankable:
-            _store_ranking(session, request, _usable(by_request[request.id or 0]), stored,
-                           job, revision)
-    log.info("rank.done", requests=len(rankable), comparisons=len(rows), revision=revision)
-    return {"ranked": len(rankable), "comparisons": len(rows)}
+            rid = request.id or 0
+            _store_ranking(session, request, cands_of[rid], tops[rid], stored, job, revision)
+    log.info("rank.done", requests=len(rankable), comparisons=written, revision=revision,
+             strategy=job.strategy)
+    return {"ranked": len(rankable), "comparisons": written}
+
+
+def _by_index(cands: list[Candidate], stored: dict[tuple[int, int], float]) -> dict[Pair, float]:
+    """Stored logits of these candidates, keyed by their positions."""
+    index = {c.id: i for i, c in enumerate(cands)}
+    return {(index[a], index[b]): v for (a, b), v in stored.items()
+            if a in index and b in index}
 
 
 def _give_up(url: str, requests: list[Request], reason: str) -> dict[str, int]:
@@ -102,13 +123,10 @@ def _stored_logits(session: Session, request_ids: list[int],
     return {(a, b): logit for a, b, logit in rows}
 
 
-def _store_ranking(session: Session, request: Request, cands: list[Candidate],
+def _store_ranking(session: Session, request: Request, cands: list[Candidate], top: list[int],
                    stored: dict[tuple[int, int], float], job: Job, revision: str) -> None:
-    index = {c.id: i for i, c in enumerate(cands)}
-    matrix = {(index[a], index[b]): v for (a, b), v in stored.items()
-              if a in index and b in index}
-    scores = max_logits(len(cands), matrix)
-    order = rank_order(scores, [c.model for c in cands])
+    order, scores = final_order(len(cands), top, _by_index(cands, stored), job.aggregation,
+                                [c.model for c in cands])
     entries: list[dict[str, Any]] = [
         {"candidate_id": cands[i].id, "model": cands[i].model, "score": scores[i],
          "rank": rank}
