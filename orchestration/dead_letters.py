@@ -50,7 +50,11 @@ def peek(broker_url: str) -> list[DeadMessage]:
     with Connection(broker_url) as connection:
         channel = connection.channel()
         found = []
-        while (message := channel.basic_get(queue=DEAD_QUEUE, no_ack=False)) is not None:
+        _, waiting, _ = channel.queue_declare(queue=DEAD_QUEUE, passive=True)
+        for _ in range(waiting):
+            message = channel.basic_get(queue=DEAD_QUEUE, no_ack=False)
+            if message is None:
+                break
             found.append(_describe(message))
         # Closing the channel without acks puts every message back, in order.
         channel.close()
@@ -63,7 +67,13 @@ def requeue(broker_url: str, task_ids: set[str] | None = None) -> list[DeadMessa
     with Connection(broker_url) as connection:
         channel = connection.channel()
         producer = Producer(channel)
-        while (message := channel.basic_get(queue=DEAD_QUEUE, no_ack=False)) is not None:
+        # Only what is dead now: a requeued task that fails again at once comes back
+        # while this runs, and must not be requeued again in a loop.
+        _, waiting, _ = channel.queue_declare(queue=DEAD_QUEUE, passive=True)
+        for _ in range(waiting):
+            message = channel.basic_get(queue=DEAD_QUEUE, no_ack=False)
+            if message is None:
+                break
             dead = _describe(message)
             if (task_ids is not None and dead.task_id not in task_ids) or not dead.queue:
                 continue  # left unacknowledged: back in the queue when the channel closes

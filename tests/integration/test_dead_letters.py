@@ -32,9 +32,10 @@ def test_a_poison_message_is_dead_lettered_and_requeued(stack: Stack,
     task_id = "poison-0001"
     with celery_app.connection_for_write(stack.settings.broker_url) as connection:
         # No "model" argument: the task raises TypeError, which no retry can cure.
-        celery_app.signature("blendq.generate", kwargs={"job_id": "job_x", "chunk_id": 1},
-                             queue="gen.tiny-a", routing_key="gen.tiny-a",
-                             ).apply_async(task_id=task_id, connection=connection)
+        # send_task, since apply_async would refuse the bad arguments before sending.
+        celery_app.send_task("blendq.generate", kwargs={"job_id": "job_x", "chunk_id": 1},
+                             queue="gen.tiny-a", routing_key="gen.tiny-a", task_id=task_id,
+                             connection=connection)
     first = _wait_dead(stack, task_id, 1)
     assert first["queue"] == "gen.tiny-a"
     assert first["reason"] == "rejected"
