@@ -10,6 +10,7 @@ from ops.cli_jobs import jobs
 from ops.cli_models import models
 from ops.cli_processes import dispatcher, worker
 from ops.cli_queues import queues, workers
+from ops.cli_ranker import ranker
 from ops.embedded import run
 
 
@@ -21,5 +22,5 @@ def cli() -> None:
     """
 
 
-for command in (db, jobs, models, worker, dispatcher, run, queues, workers, audit):
+for command in (db, jobs, models, worker, dispatcher, run, queues, workers, audit, ranker):
     cli.add_command(command)

@@ -37,11 +37,12 @@ it differs on purpose):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workers.devices import pick_device, pick_dtype, weights_revision
+from workers.ranking.batching import DEFAULT_BATCH_COST, DEFAULT_TOKEN_BUDGET, pack
 
 if TYPE_CHECKING:
     import torch
@@ -256,6 +257,11 @@ class PairRanker:
     # ---- scoring ----------------------------------------------------------------------
 
     def _forward(self, batch: list[tuple[list[int], list[int]]]) -> list[float]:
+        return [float(x) for x in self.logits_tensor(batch).float().cpu().tolist()]
+
+    def logits_tensor(self, batch: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """Logits of one encoded batch as a tensor, with gradients when not in inference
+        mode (training uses it; scoring goes through ``compare``)."""
         import torch
 
         width = max(len(ids) for ids, _ in batch)
@@ -273,27 +279,52 @@ class PairRanker:
         picked = hidden[rows, positions]  # [batch, 3, hidden]: source, cand1, cand2
         left = self.head_layer(torch.cat([picked[:, 0], picked[:, 1]], dim=-1))
         right = self.head_layer(torch.cat([picked[:, 0], picked[:, 2]], dim=-1))
-        logits = (left - right).mean(dim=-1)
-        return [float(x) for x in logits.float().cpu().tolist()]
+        return (left - right).mean(dim=-1)
 
-    def compare(self, pairs: list[tuple[str, str, str]], batch_size: int = 16) -> list[float]:
-        """Logit of A over B for each (source, A, B), in the order given."""
-        import torch
+    def compare(self, pairs: list[tuple[str, str, str]], batch_size: int | None = None,
+                token_budget: int = DEFAULT_TOKEN_BUDGET,
+                batch_cost: int = DEFAULT_BATCH_COST) -> list[float]:
+        """Logit of A over B for each (source, A, B), in the order given.
 
-        if batch_size < 1:
+        ``token_budget`` bounds each batch's padded size (rows x longest row);
+        ``batch_size`` optionally caps its rows too; ``batch_cost`` trades padding for
+        fewer batches (``batching.pack``). None of them changes any logit.
+        """
+        results = [0.0] * len(pairs)
+        for idxs, logits in self.iter_compare(pairs, batch_size, token_budget, batch_cost):
+            for i, logit in zip(idxs, logits, strict=True):
+                results[i] = logit
+        return results
+
+    def iter_compare(self, pairs: list[tuple[str, str, str]], batch_size: int | None = None,
+                     token_budget: int = DEFAULT_TOKEN_BUDGET,
+                     batch_cost: int = DEFAULT_BATCH_COST,
+                     ) -> Iterator[tuple[list[int], list[float]]]:
+        """(indices into ``pairs``, their logits) per batch, as each batch finishes, so a
+        caller can store each batch before the next runs and keep what finished if a later
+        batch fails. Batches are packed longest first under ``token_budget``."""
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         encoded = [self._encode(s, a, b) for s, a, b in pairs]
-        # Longest first: less padding per batch, and an out-of-memory shows up at once.
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
-        results = [0.0] * len(encoded)
+        batches = pack([len(ids) for ids, _ in encoded], token_budget, batch_size, batch_cost)
+        for idxs in batches:
+            yield idxs, self.forward_encoded([encoded[i] for i in idxs])
+
+    def encode(self, source: str, cand_a: str, cand_b: str) -> tuple[list[int], list[int]]:
+        """Input ids and the three head positions of one comparison (training and
+        benchmarks batch these themselves)."""
+        return self._encode(source, cand_a, cand_b)
+
+    def forward_encoded(self, batch: list[tuple[list[int], list[int]]]) -> list[float]:
+        """One batch as given, padded to its longest row only (no fixed max length)."""
+        import torch
+
         self.backbone.eval()
         self.head_layer.eval()
+        # Entered per batch, not around a generator's yields, so the caller's code
+        # between batches does not run in inference mode.
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idxs = order[start : start + batch_size]
-                for i, logit in zip(idxs, self._forward([encoded[i] for i in idxs]), strict=True):
-                    results[i] = logit
-        return results
+            return self._forward(batch)
 
 
 def _find_weights(root: Path) -> Path:

@@ -7,7 +7,7 @@ strategy in lock-step, so the comparisons of all requests in a chunk are batched
 even for the sequential strategies, and pairs already stored are never run again.
 
 - ``full``: every ordered pair, n(n-1) comparisons.
-- ``half``: each unordered pair once, in index order, n(n-1)/2.
+- ``half``: each unordered pair once, slot A alternating, n(n-1)/2.
 - ``bubble``: one bubble pass from a seeded permutation: the current best meets the next
   candidate, in both orders; n-1 meetings, 2(n-1) comparisons; the pass's winner is first.
 - ``topk``: k bubble passes, each finding the best of those not yet placed:
@@ -32,7 +32,10 @@ def plan(strategy: str, n: int, *, seed: int, top_k: int = 1) -> Plan:
     if strategy == "full":
         return _once(full_pairs(n))
     if strategy == "half":
-        return _once([(i, j) for i in range(n) for j in range(i + 1, n)])
+        # Alternate which candidate sits in slot A, so the ranker's position bias does not
+        # always favour the same model.
+        return _once([(i, j) if (i + j) % 2 else (j, i)
+                      for i in range(n) for j in range(i + 1, n)])
     order = list(range(n))
     random.Random(seed).shuffle(order)  # the reference starts bubble from a permutation
     if strategy == "bubble":

@@ -241,8 +241,8 @@ BAD_OPTIONS: list[tuple[str, JobOptions, list[str]]] = [
     ("top_k above models", JobOptions(models=MODELS, top_k=4), ["--top-k", "(3)", "got 4"]),
     ("chunk_size 0", JobOptions(models=MODELS, chunk_size=0), ["--chunk-size", "got 0"]),
     ("chunk_size negative", JobOptions(models=MODELS, chunk_size=-3), ["--chunk-size"]),
-    ("strategy", JobOptions(models=MODELS, strategy="bubble"), ["--strategy"]),
-    ("aggregation", JobOptions(models=MODELS, aggregation="max_wins"), ["--aggregation"]),
+    ("strategy", JobOptions(models=MODELS, strategy="random"), ["--strategy"]),
+    ("aggregation", JobOptions(models=MODELS, aggregation="borda"), ["--aggregation"]),
 ]
 
 

@@ -1,0 +1,119 @@
+"""``manage.py ranker``: evaluate and fine-tune the pairwise ranker offline.
+
+    python manage.py ranker eval data.jsonl --ranker tiny-ranker
+    python manage.py ranker train pairs.jsonl --ranker tiny-ranker -o /models/ranker-v2
+    python manage.py ranker eval data.jsonl --path /models/ranker-v2
+
+File layouts: ``workers/ranking/evaluation.py`` and ``workers/ranking/training.py``
+(the outputs of ``audit export`` are read as they are).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ops import context
+
+
+@click.group()
+def ranker() -> None:
+    """Evaluate and fine-tune the pairwise ranker (PairRM layout checkpoints)."""
+
+
+def _load(name: str | None, path: Path | None, device: str | None) -> Any:
+    from workers.ranking.pairranker import PairRanker
+
+    if path is not None:
+        return PairRanker.from_pretrained(str(path), device=device)
+    settings = context.settings()
+    registry = context.registry(settings)
+    entry = registry.get(name, "ranker") if name else registry.default("ranker")
+    if entry is None:
+        raise click.ClickException("the registry names no default ranker; pass --ranker")
+    from workers.model_store import resolve_path
+
+    return PairRanker.from_pretrained(resolve_path(entry, settings), device=device)
+
+
+_source = [
+    click.option("--ranker", "name", help="Registry ranker (default: the default ranker)."),
+    click.option("--path", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                 help="A checkpoint directory instead of a registry entry."),
+    click.option("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)."),
+    click.option("--metric", help="Which candidate score is the reference (MixInstruct "
+                                  "lines; default: the first that is not the ranker's)."),
+]
+
+
+def _with_source(fn: Any) -> Any:
+    for option in reversed(_source):
+        fn = option(fn)
+    return fn
+
+
+@ranker.command("eval")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_with_source
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def eval_cmd(file: Path, name: str | None, path: Path | None, device: str | None,
+             metric: str | None, as_json: bool) -> None:
+    """Pairwise accuracy, top-1 agreement, Spearman and Pearson against FILE's references."""
+    from workers.ranking.evaluation import evaluate, load
+
+    try:
+        lists, pairs = load(file, metric)
+    except ValueError as exc:
+        raise click.ClickException(f"{file}: {exc}") from exc
+    if not lists and not pairs:
+        raise click.ClickException(f"{file}: nothing to evaluate (no scored lists or "
+                                   "labelled pairs)")
+    model = _load(name, path, device)
+    result = {"revision": model.revision, **evaluate(model, lists, pairs)}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        click.echo(f"{key:<18} {shown}")
+
+
+@ranker.command("train")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_with_source
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+              required=True, help="Where the new checkpoint (PairRM layout) is written.")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--lr", type=float, default=1e-5, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--pairs-per-example", type=int, default=5, show_default=True,
+              help="Pairs drawn from each MixInstruct line.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def train_cmd(file: Path, name: str | None, path: Path | None, device: str | None,
+              metric: str | None, output: Path, epochs: int, lr: float, batch_size: int,
+              pairs_per_example: int, seed: int) -> None:
+    """Fine-tune on FILE's preferences and save a new revision to OUTPUT."""
+    from workers.devices import weights_revision
+    from workers.ranking.training import load_pairs, train
+
+    if output.exists() and any(output.iterdir()):
+        raise click.ClickException(f"{output} is not empty; choose a new directory")
+    try:
+        pairs = load_pairs(file, metric, pairs_per_example, seed)
+    except ValueError as exc:
+        raise click.ClickException(f"{file}: {exc}") from exc
+    if not pairs:
+        raise click.ClickException(f"{file}: no labelled pairs to train on")
+    model = _load(name, path, device)
+    start = model.revision
+    train(model, pairs, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+          progress=lambda e, loss: click.echo(f"epoch {e}: loss {loss:.4f}", err=True))
+    model.save_pretrained(output)
+    revision = weights_revision(output / "model.safetensors")
+    click.echo(f"{len(pairs)} pairs, from revision {start}: new revision {revision} "
+               f"in {output}")
+    click.echo("register it with a registry entry: role = \"ranker\", backend = "
+               f"\"pairranker\", path = \"{output.resolve()}\"", err=True)

@@ -1,0 +1,118 @@
+"""Fine-tuning a PairRanker on pairwise preferences (``manage.py ranker train``).
+
+Input JSONL, any mix of:
+
+- ``audit export --format pairs`` lines: ``{"source", "candidate_a", "candidate_b",
+  "label"}``, label 1.0 (A better) or 0.0 (B better); ties and unlabelled lines skipped;
+- plain pairs: ``{"source" | "instruction"+"input", "chosen", "rejected"}``;
+- MixInstruct lines (``{"instruction", "input", "candidates": [{"text", "scores"}]}``):
+  ``pairs_per_example`` random pairs whose reference scores differ, as the reference
+  trainer samples (5 by default; scores chosen as in ``evaluation``).
+
+Loss, as PairRM's ``instructgpt`` loss: ``-log sigmoid(d * (left - right))`` with d = +1
+when the first candidate is better. Every pair is trained in both slot orders (d flips),
+so the ranker does not learn the position of the better answer. AdamW, lr 1e-5 by default.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workers.ranking.evaluation import reference_score, source_of
+
+if TYPE_CHECKING:
+    from workers.ranking.pairranker import PairRanker
+
+
+@dataclass(frozen=True)
+class TrainPair:
+    source: str
+    better: str
+    worse: str
+
+
+def parse_pairs(lines: Iterable[str], metric: str | None = None, pairs_per_example: int = 5,
+                seed: int = 0) -> list[TrainPair]:
+    rng = random.Random(seed)
+    out: list[TrainPair] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            line: dict[str, Any] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {number}: not JSON: {exc}") from exc
+        source = source_of(line)
+        if "chosen" in line and "rejected" in line:
+            out.append(TrainPair(source, str(line["chosen"]), str(line["rejected"])))
+        elif "candidate_a" in line:
+            a, b = str(line["candidate_a"]), str(line["candidate_b"])
+            if line.get("label") in (1, 1.0):
+                out.append(TrainPair(source, a, b))
+            elif line.get("label") in (0, 0.0):
+                out.append(TrainPair(source, b, a))
+        elif "candidates" in line:
+            scored = [(str(c.get("text", "")), reference_score(c, metric))
+                      for c in line["candidates"] if isinstance(c, dict)]
+            usable = [(t, s) for t, s in scored if s is not None]
+            options = [(x, y) for x, y in combinations(usable, 2) if x[1] != y[1]]
+            for (ta, sa), (tb, sb) in rng.sample(options, min(pairs_per_example,
+                                                               len(options))):
+                assert sa is not None and sb is not None
+                out.append(TrainPair(source, ta, tb) if sa > sb else TrainPair(source, tb, ta))
+        else:
+            raise ValueError(f"line {number}: no chosen/rejected, candidate_a or candidates")
+    return out
+
+
+def load_pairs(path: Path, metric: str | None = None, pairs_per_example: int = 5,
+               seed: int = 0) -> list[TrainPair]:
+    with path.open(encoding="utf-8") as handle:
+        return parse_pairs(handle, metric, pairs_per_example, seed)
+
+
+def train(ranker: PairRanker, pairs: list[TrainPair], epochs: int = 1, lr: float = 1e-5,
+          batch_size: int = 8, seed: int = 0,
+          progress: Callable[[int, float], None] | None = None) -> list[float]:
+    """Fine-tune in place; returns the mean loss of each epoch."""
+    import torch
+
+    if not pairs:
+        raise ValueError("no training pairs")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    # (source, first, second, d): both slot orders of every pair.
+    rows = [(p.source, p.better, p.worse, 1.0) for p in pairs] + \
+           [(p.source, p.worse, p.better, -1.0) for p in pairs]
+    params = [*ranker.backbone.parameters(), *ranker.head_layer.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    ranker.backbone.train()
+    ranker.head_layer.train()
+    losses: list[float] = []
+    try:
+        for epoch in range(epochs):
+            rng.shuffle(rows)
+            total = 0.0
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start:start + batch_size]
+                encoded = [ranker.encode(s, a, b) for s, a, b, _ in batch]
+                d = torch.tensor([r[3] for r in batch], device=ranker.device)
+                logits = ranker.logits_tensor(encoded).float()
+                loss = -torch.nn.functional.logsigmoid(d * logits).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+            losses.append(total / len(rows))
+            if progress is not None:
+                progress(epoch + 1, losses[-1])
+    finally:
+        ranker.backbone.eval()
+        ranker.head_layer.eval()
+    return losses
