@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,52 +81,57 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def vhost_broker_url() -> Iterator[str]:
-    """A RabbitMQ vhost for this run, so no other worker on the machine takes our tasks."""
+@contextmanager
+def private_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of its own, so no other worker on the machine takes its tasks."""
     if shutil.which("rabbitmqctl") is None:
         pytest.fail("rabbitmqctl not found: RabbitMQ must be installed (ops/scripts/services.sh)")
     vhost = f"blendq-test-{uuid.uuid4().hex[:8]}"
     _rabbitmqctl("add_vhost", vhost)
     _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    _rabbitmqctl("delete_vhost", vhost)
-
-
-@pytest.fixture(scope="session")
-def stack_database_url() -> Iterator[str]:
-    """The stack's own database: its dispatcher would otherwise relay what in-process
-    tests leave in the outbox and run their jobs behind their backs."""
-    with fresh_database("_stack") as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-def stack(settings: Settings, vhost_broker_url: str, stack_database_url: str,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    logs = tmp_path_factory.mktemp("logs")
-    env = {**os.environ, "BLENDQ_ENV": "test", "BLENDQ_DATABASE_URL": stack_database_url,
-           "BLENDQ_BROKER_URL": vhost_broker_url, "BLENDQ_MODEL_CACHE": str(settings.model_cache),
-           "BLENDQ_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
-    env.pop("BLENDQ_REGISTRY_PATH", None)
-    stack_settings = settings.model_copy(update={"broker_url": vhost_broker_url,
-                                                 "database_url": stack_database_url})
-    running = Stack(stack_settings, env, logs)
-    # Build the tiny models once, before several processes want them at the same moment.
-    from workers.tiny_models import ensure_tiny_models
-
-    ensure_tiny_models(settings.model_cache / "tiny")
     try:
-        running.start("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
-        for model in GENERATORS:
-            running.start(f"gen-{model}", "worker", "generate", "--model", model, ready=" ready.")
-        running.start("rank", "worker", "rank", ready=" ready.")
-        running.start("fuse", "worker", "fuse", ready=" ready.")
-        yield running
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     finally:
-        for name in list(running.processes):
-            running.stop(name)
-        print(f"worker logs in {logs}")
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@contextmanager
+def running_stack(settings: Settings, name: str, logs: Path) -> Iterator[Stack]:
+    """Dispatcher and workers on their own database and vhost. The database matters too:
+    a dispatcher relays whatever it finds in the outbox, so two stacks (or a stack and the
+    in-process tests) sharing one would run each other's jobs."""
+    with fresh_database(f"_{name}") as database_url, private_vhost() as broker_url:
+        env = {**os.environ, "BLENDQ_ENV": "test", "BLENDQ_DATABASE_URL": database_url,
+               "BLENDQ_BROKER_URL": broker_url,
+               "BLENDQ_MODEL_CACHE": str(settings.model_cache),
+               "BLENDQ_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+        env.pop("BLENDQ_REGISTRY_PATH", None)
+        stack_settings = settings.model_copy(update={"broker_url": broker_url,
+                                                     "database_url": database_url})
+        running = Stack(stack_settings, env, logs)
+        # Build the tiny models once, before several processes want them at once.
+        from workers.tiny_models import ensure_tiny_models
+
+        ensure_tiny_models(settings.model_cache / "tiny")
+        try:
+            running.start("dispatcher", "dispatcher", "--poll", "0.5",
+                          ready="dispatcher.started")
+            for model in GENERATORS:
+                running.start(f"gen-{model}", "worker", "generate", "--model", model,
+                              ready=" ready.")
+            running.start("rank", "worker", "rank", ready=" ready.")
+            running.start("fuse", "worker", "fuse", ready=" ready.")
+            yield running
+        finally:
+            for process in list(running.processes):
+                running.stop(process)
+            print(f"worker logs in {logs}")
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(settings, "stack", tmp_path_factory.mktemp("logs")) as running:
+        yield running
 
 
 def queue_exists(broker_url: str, name: str) -> bool:
