@@ -7,7 +7,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, Integer, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel, UniqueConstraint
 
@@ -327,6 +337,67 @@ class ChordPart(SQLModel, table=True):
     group_id: str = Field(primary_key=True, max_length=64)
     task_id: str = Field(primary_key=True, max_length=64)
     state: str = Field(max_length=16)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Tenant(SQLModel, table=True):
+    """A customer of the HTTP API; every job, file and key belongs to one."""
+
+    __tablename__ = "tenant"
+
+    name: str = Field(primary_key=True, max_length=128)
+    # Job options a batch gets when its metadata names none (models, ranker, fuser, top_k,
+    # strategy, aggregation, chunk_size).
+    defaults: dict[str, Any] = _json(nullable=False, default=dict)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class ApiRole(StrEnum):
+    SUBMITTER = "submitter"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key. Only a hash of its secret is stored; the key is shown once at creation."""
+
+    __tablename__ = "api_key"
+
+    # The public part of the key ("bq_<key_id>_<secret>"), used to find the row.
+    key_id: str = Field(primary_key=True, max_length=32)
+    secret_hash: str = Field(max_length=128)
+    tenant: str = Field(
+        sa_column=Column(Text, ForeignKey("tenant.name", ondelete="CASCADE"), nullable=False,
+                         index=True))
+    role: str = Field(max_length=16)
+    name: str = Field(default="", max_length=256)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    revoked_at: datetime | None = _ts()
+    last_used_at: datetime | None = _ts()
+
+
+class BatchFile(SQLModel, table=True):
+    """A file of the Batch API: an uploaded input, or the output/error file of a job.
+
+    Output and error files hold no content: it is rendered from the stored results when
+    downloaded, so it always agrees with the audit trail.
+    """
+
+    __tablename__ = "batch_file"
+
+    id: str = Field(primary_key=True, max_length=64)
+    tenant: str = Field(max_length=128, index=True)
+    purpose: str = Field(max_length=32)  # batch, batch_output, batch_error
+    filename: str = Field(max_length=1024)
+    size: int = Field(default=0)  # bytes
+    content: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    job_id: str | None = Field(default=None, max_length=64, index=True)
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )

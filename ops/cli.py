@@ -7,10 +7,12 @@ import click
 from ops.cli_audit import audit
 from ops.cli_db import db
 from ops.cli_jobs import jobs
+from ops.cli_keys import keys
 from ops.cli_models import models
 from ops.cli_processes import dispatcher, worker
 from ops.cli_queues import queues, workers
 from ops.cli_ranker import ranker
+from ops.cli_serve import serve
 from ops.embedded import run
 
 
@@ -22,5 +24,6 @@ def cli() -> None:
     """
 
 
-for command in (db, jobs, models, worker, dispatcher, run, queues, workers, audit, ranker):
+for command in (db, jobs, models, worker, dispatcher, run, queues, workers, audit, ranker, keys,
+                serve):
     cli.add_command(command)

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     quorum_queues: bool = False
     max_deliveries: int = Field(default=5, ge=1)
     max_task_retries: int = Field(default=5, ge=0)
+    # HTTP API (manage.py serve). Bodies and uploaded files larger than this are refused
+    # with 413 before they are read whole; OpenAI's own batch input limit is 200 MB.
+    api_max_body_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    # Requests per minute one API key may make (a token bucket per key and server process).
+    api_rate_limit_per_minute: int = Field(default=600, ge=1)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -1,0 +1,44 @@
+"""The FastAPI application behind ``manage.py serve``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from ops.api import batch, errors, native, pages
+from ops.api.limits import BodySizeLimit, RateLimiter
+from orchestration.celery_app import configure
+from orchestration.registry import get_registry
+from orchestration.settings import Settings, get_settings
+
+DESCRIPTION = """Batch jobs through an ensemble of LLMs: every model writes a candidate, a
+pairwise ranker compares them, a fuser merges the best.
+
+* `/v1/...`: the OpenAI Batch API (files and batches); point the official `openai` client at
+  this server.
+* `/api/v1/...`: blendq's native API (inline jobs, streamed results, audit and labels).
+* `/audit/...`: pages for auditors, in the browser.
+
+Every call needs an API key (`Authorization: Bearer <key>`; `manage.py keys create`).
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="blendq", version="0.1.0", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.limiter = RateLimiter(settings.api_rate_limit_per_minute)
+    # Submitting writes the canvas into the outbox, so the app needs Celery's signatures
+    # (not a broker connection: the dispatcher publishes).
+    app.state.celery = configure(settings)
+    app.state.registry = get_registry(settings.registry_path)
+    errors.install(app)
+    app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
+    app.include_router(batch.router)
+    app.include_router(native.router)
+    app.include_router(pages.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

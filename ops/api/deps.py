@@ -1,0 +1,86 @@
+"""What every route depends on: a database session per request and the caller's key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from db.api_keys import authenticate
+from db.engine import session_scope
+from db.models import ApiKey, ApiRole, utcnow
+from ops.api.errors import ApiError
+from ops.api.limits import RateLimiter, retry_after
+from orchestration.settings import Settings
+
+# Browsers (the auditor pages) carry the key in this cookie; programs send a Bearer header.
+SESSION_COOKIE = "blendq_key"
+# last_used_at is for admins spotting dead keys: once a minute is precise enough and
+# spares a write per request.
+TOUCH_EVERY = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    tenant: str
+    role: str
+
+
+def settings_of(request: Request) -> Settings:
+    value: Settings = request.app.state.settings
+    return value
+
+
+def db_session(request: Request) -> Iterator[Session]:
+    with session_scope(settings_of(request).database_url) as session:
+        yield session
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.cookies.get(SESSION_COOKIE) or None
+
+
+def identify(request: Request, session: Session) -> ApiKey:
+    """The caller's live key, or 401; each identified request counts against its rate."""
+    raw = presented_key(request)
+    if raw is None:
+        raise ApiError(401, "Missing API key: send the header 'Authorization: Bearer <key>'.",
+                       code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+    key = authenticate(session, raw)
+    if key is None:
+        raise ApiError(401, "Invalid or revoked API key.", code="invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})
+    limiter: RateLimiter = request.app.state.limiter
+    wait = limiter.take(key.key_id)
+    if wait > 0:
+        raise ApiError(429, "Rate limit reached for this API key; retry later.",
+                       code="rate_limit_exceeded", headers=retry_after(wait))
+    now = utcnow()
+    if key.last_used_at is None or now - key.last_used_at > TOUCH_EVERY:
+        key.last_used_at = now
+        session.add(key)
+    request.state.key_id = key.key_id
+    return key
+
+
+def require(*roles: ApiRole) -> Callable[..., Principal]:
+    """A dependency that admits keys of ``roles`` (an admin key is admitted everywhere)."""
+    allowed = {r.value for r in roles} | {ApiRole.ADMIN.value}
+    wanted = " or ".join(sorted(allowed))
+
+    def dependency(request: Request, session: Session = Depends(db_session)) -> Principal:
+        key = identify(request, session)
+        if key.role not in allowed:
+            raise ApiError(403, f"This needs a key with the role {wanted}; this key is a "
+                                f"{key.role} key.", code="forbidden")
+        return Principal(key.key_id, key.tenant, key.role)
+
+    return dependency

@@ -1,0 +1,7 @@
+"""Server-rendered pages for auditors."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/audit", include_in_schema=False)
