@@ -145,7 +145,8 @@ class Chunk(SQLModel, table=True):
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
     job_id: str = Field(foreign_key="job.id", ondelete="CASCADE", index=True, max_length=64)
     index: int
-    status: str = Field(default=ChunkStatus.PENDING, max_length=16)
+    # Indexed: the ranking worker looks for running chunks to rank together.
+    status: str = Field(default=ChunkStatus.PENDING, max_length=16, index=True)
     size: int
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
@@ -306,7 +307,8 @@ class Outbox(SQLModel, table=True):
     kind: str = Field(max_length=32)
     dedup_key: str | None = Field(default=None, max_length=256)
     job_id: str | None = Field(default=None, max_length=64, index=True)
-    chunk_id: int | None = Field(default=None, sa_column=Column(BigId, nullable=True))
+    chunk_id: int | None = Field(default=None,
+                                 sa_column=Column(BigId, nullable=True, index=True))
     payload: dict[str, Any] = _json(nullable=False, default=dict)
     status: str = Field(default=OutboxStatus.PENDING, max_length=16)
     attempts: int = Field(default=0)
@@ -401,3 +403,4 @@ class BatchFile(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
+

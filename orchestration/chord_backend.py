@@ -47,7 +47,7 @@ def set_size(session: Session, group_id: str, size: int) -> None:
 
 def record_part(session: Session, group_id: str, task_id: str, state: str,
                 body: dict[str, Any], job_id: str | None = None,
-                size_hint: int | None = None) -> int | None:
+                size_hint: int | None = None, chunk_id: int | None = None) -> int | None:
     """Count one header task; returns the outbox id when this part completed the chord."""
     insert_ignore(session, Chord, [{"group_id": group_id, "size": size_hint,
                                     "created_at": utcnow()}])
@@ -63,8 +63,9 @@ def record_part(session: Session, group_id: str, task_id: str, state: str,
     ).one()
     if done < size:
         return None
+    # The chunk is kept so the ranking worker can see which chunks wait on its queue.
     return outbox.add(session, outbox.KIND_SIGNATURE, body, job_id=job_id,
-                      dedup_key=f"chord:{group_id}")
+                      chunk_id=chunk_id, dedup_key=f"chord:{group_id}")
 
 
 def _with_retries(action: Callable[[], int | None], attempts: int = 8,
@@ -121,10 +122,10 @@ class PostgresChordBackend(BaseBackend):
             set_size(session, group_id, chord_size)
 
     def _record(self, group_id: str, task_id: str, state: str, payload: dict[str, Any],
-                job_id: str | None, hint: int | None) -> int | None:
+                job_id: str | None, hint: int | None, chunk_id: int | None) -> int | None:
         with session_scope(self._url()) as session:
             return record_part(session, group_id, task_id, state, payload, job_id=job_id,
-                               size_hint=hint)
+                               size_hint=hint, chunk_id=chunk_id)
 
     def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
         group_id = request.group
@@ -133,9 +134,10 @@ class PostgresChordBackend(BaseBackend):
             return
         hint = body.get("chord_size") if isinstance(body, dict) else None
         job_id = (request.kwargs or {}).get("job_id")
+        chunk_id = (request.kwargs or {}).get("chunk_id")
         payload = to_payload(self.app.signature(body))
         outbox_id = _with_retries(lambda: self._record(group_id, request.id, state, payload,
-                                                       job_id, hint))
+                                                       job_id, hint, chunk_id))
         if outbox_id is None:
             return
         log.info("chord.complete", group_id=group_id, outbox_id=outbox_id)

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     quorum_queues: bool = False
     max_deliveries: int = Field(default=5, ge=1)
     max_task_retries: int = Field(default=5, ge=0)
+    # The ranking worker ranks, with its own chunk, up to this many further chunks whose
+    # rank message waits on the queue (one packed set of batches instead of several
+    # half-full ones); their own messages then find the work stored. 0 turns it off.
+    rank_gather_chunks: int = Field(default=8, ge=0)
     # HTTP API (manage.py serve). Bodies and uploaded files larger than this are refused
     # with 413 before they are read whole; OpenAI's own batch input limit is 200 MB.
     api_max_body_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)

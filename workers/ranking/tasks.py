@@ -17,6 +17,7 @@ from orchestration.settings import Settings
 from workers.base import BlendqTask
 from workers.model_store import ModelLoadError, get_model, revision_of
 from workers.ranking.batching import DEFAULT_BATCH_COST, DEFAULT_TOKEN_BUDGET
+from workers.ranking.gathering import claim_chunks
 from workers.ranking.strategies import Pair, final_order, plan, run_plans
 from workers.stage_io import candidates_by_request, fail_requests, open_requests, source_text
 
@@ -28,19 +29,33 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
     with session_scope(url) as session:
         if not lifecycle.chunk_is_running(session, chunk_id):
             log.info("rank.skipped")
-            return {"ranked": 0, "comparisons": 0}
+            return {"ranked": 0, "comparisons": 0, "chunks": 0}
         job = session.get(Job, job_id)
         assert job is not None and job.ranker is not None
-        requests = open_requests(session, chunk_id)
+        ranker_name = job.ranker
+    with claim_chunks(url, chunk_id, ranker_name, settings.rank_gather_chunks) as chunk_ids:
+        return _rank_chunks(settings, ranker_name, chunk_ids)
+
+
+def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int]) -> dict[str, int]:
+    """Rank the open requests of ``chunk_ids`` (all of jobs using ``ranker_name``) as one
+    set of packed batches; each request keeps its own job's strategy and aggregation."""
+    url = settings.database_url
+    with session_scope(url) as session:
+        running = [c for c in chunk_ids if lifecycle.chunk_is_running(session, c)]
+        requests = [r for c in running for r in open_requests(session, c)]
+        job_ids = sorted({r.job_id for r in requests})
+        jobs = {j.id: j for j in session.exec(select(Job).where(col(Job.id).in_(job_ids)))}
         by_request = candidates_by_request(session, [r.id for r in requests if r.id])
         empty = [r for r in requests if not _usable(by_request[r.id or 0])]
         for request in empty:
             fail_requests(session, [request], _no_candidates_reason(by_request[request.id or 0]))
     rankable = [r for r in requests if r not in empty]
     if not rankable:
-        return {"ranked": 0, "comparisons": 0}
+        return {"ranked": 0, "comparisons": 0, "chunks": len(running)}
+    job_of = {r.id or 0: jobs[r.job_id] for r in rankable}
     try:
-        entry = get_registry(settings.registry_path).get(job.ranker, "ranker")
+        entry = get_registry(settings.registry_path).get(ranker_name, "ranker")
         ranker = get_model(entry, settings)
     except (RegistryError, ModelLoadError) as exc:
         return _give_up(url, rankable, f"ranking: {exc}")
@@ -49,7 +64,7 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
     cands_of = {r.id or 0: _usable(by_request[r.id or 0]) for r in rankable}
     source_of = {r.id or 0: source_text(r) for r in rankable}
-    plans = {rid: plan(job.strategy, len(cands), seed=rid, top_k=job.top_k)
+    plans = {rid: plan(job_of[rid].strategy, len(cands), seed=rid, top_k=job_of[rid].top_k)
              for rid, cands in cands_of.items()}
     written = 0
 
@@ -98,10 +113,11 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
         for request in rankable:
             rid = request.id or 0
-            _store_ranking(session, request, cands_of[rid], tops[rid], stored, job, revision)
+            _store_ranking(session, request, cands_of[rid], tops[rid], stored, job_of[rid],
+                           revision)
     log.info("rank.done", requests=len(rankable), comparisons=written, revision=revision,
-             strategy=job.strategy)
-    return {"ranked": len(rankable), "comparisons": written}
+             chunks=running)
+    return {"ranked": len(rankable), "comparisons": written, "chunks": len(running)}
 
 
 def _by_index(cands: list[Candidate], stored: dict[tuple[int, int], float]) -> dict[Pair, float]:

@@ -78,7 +78,7 @@ def _ranked_job(settings: Settings, celery_app: Celery,
     assert chunk_id is not None
     for model in models:
         generate_chunk(settings, job_id, chunk_id, model)
-    assert rank_chunk(settings, job_id, chunk_id) == {"ranked": 4, "comparisons": 24}
+    assert rank_chunk(settings, job_id, chunk_id) == {"ranked": 4, "comparisons": 24, "chunks": 1}
     with session_scope(settings.database_url) as session:
         models_of = {c.id: c.model for c in session.exec(
             select(Candidate).join(Request).where(Request.job_id == job_id)).all()}
