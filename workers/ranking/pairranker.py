@@ -37,6 +37,7 @@ it differs on purpose):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,28 @@ def _config_int(config: Mapping[str, Any], name: str) -> int:
     if value is None:
         raise ValueError(f"ranker config lacks {name}")
     return int(value)
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def checkpoint_dir(path: str) -> Path:
+    """A local checkpoint directory, or the snapshot of a hub id such as
+    ``llm-blender/PairRM`` (downloaded when the hub is reachable, else from the local
+    hub cache)."""
+    root = Path(path).expanduser()
+    if root.is_dir():
+        return root
+    if root.exists() or not HUB_ID.match(path):
+        raise FileNotFoundError(f"ranker checkpoint directory not found: {path}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=path))
+    except Exception as exc:
+        raise FileNotFoundError(
+            f"ranker checkpoint {path}: not a local directory, and the hub id could not be "
+            f"fetched or found in the hub cache ({type(exc).__name__}: {exc})") from exc
 
 
 class PairRanker:
@@ -129,9 +152,7 @@ class PairRanker:
     def from_pretrained(cls, path: str, device: str | None = None) -> PairRanker:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        root = Path(path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"ranker checkpoint directory not found: {path}")
+        root = checkpoint_dir(path)
         ranker_cfg_file = root / "ranker_config.json"
         if not ranker_cfg_file.exists():
             ranker_cfg_file = root / "config.json"

@@ -154,3 +154,21 @@ def test_literal_sep_in_text_becomes_a_space(ranker: PairRanker) -> None:
 def test_prefix_text_inside_user_text_does_not_move_the_head(ranker: PairRanker) -> None:
     (logit,) = ranker.compare([("<|candidate2|> odd", "<|source|>", "<|candidate1|>")])
     assert logit == logit  # finite, no crash
+
+
+def test_a_hub_id_loads_from_the_hub_cache(ranker: PairRanker, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    # The layout huggingface_hub keeps: refs/main names the snapshot of that commit.
+    repo = tmp_path / "hub" / "models--llm-blender--PairRM"
+    commit = "0" * 40
+    ranker.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    loaded = PairRanker.from_pretrained("llm-blender/PairRM", device="cpu")
+    assert loaded.compare(PAIRS[:3]) == ranker.compare(PAIRS[:3])
+    with pytest.raises(FileNotFoundError, match="llm-blender/pair-ranker: not a local dir"):
+        PairRanker.from_pretrained("llm-blender/pair-ranker", device="cpu")
