@@ -30,6 +30,11 @@ def _start(queues: list[str], warm: list[tuple[str, str]], pool: str,
     settings = context.settings()
     app = context.app(settings)
     registry = context.registry(settings)
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+        click.echo(f"torch uses {torch.get_num_threads()} threads", err=True)
     for module in WORKER_MODULES:
         importlib.import_module(module)
     declare_dead_letters(app)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     # rank message waits on the queue (one packed set of batches instead of several
     # half-full ones); their own messages then find the work stored. 0 turns it off.
     rank_gather_chunks: int = Field(default=8, ge=0)
+    # Threads torch uses in a worker process. Unset: torch's default (one per core), right
+    # for one worker per machine; several CPU workers on one machine should share the cores
+    # (e.g. cores / workers) instead of each taking all of them.
+    torch_threads: int | None = Field(default=None, ge=1)
     # HTTP API (manage.py serve). Bodies and uploaded files larger than this are refused
     # with 413 before they are read whole; OpenAI's own batch input limit is 200 MB.
     api_max_body_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
