@@ -404,3 +404,20 @@ class BatchFile(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
 
+
+class IdempotencyKey(SQLModel, table=True):
+    """An ``Idempotency-Key`` header a tenant already used for a create, and what it made.
+
+    Files and labels have no key column of their own (jobs and batches keep theirs on the
+    job row); the primary key makes a second create with the same key lose the race.
+    """
+
+    __tablename__ = "api_idempotency_key"
+
+    tenant: str = Field(primary_key=True, max_length=128)
+    scope: str = Field(primary_key=True, max_length=32)  # "file" or "label"
+    key: str = Field(primary_key=True, max_length=256)
+    resource_id: str = Field(max_length=64)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )

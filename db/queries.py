@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -32,12 +32,19 @@ def job_summary(session: Session, job: Job) -> dict[str, Any]:
 
 def result_lines(session: Session, job_id: str) -> Iterator[dict[str, Any]]:
     """One line per request, in input order, paged so a large job streams."""
+    for _request, line in result_rows(session, job_id):
+        yield line
+
+
+def result_rows(session: Session, job_id: str, statuses: Collection[str] | None = None,
+                ) -> Iterator[tuple[Request, dict[str, Any]]]:
+    """Each request (only those in ``statuses`` when given) with its result line."""
     last_id = 0
     while True:
-        requests = session.exec(
-            select(Request).where(Request.job_id == job_id, col(Request.id) > last_id)
-            .order_by(col(Request.id)).limit(PAGE)
-        ).all()
+        query = select(Request).where(Request.job_id == job_id, col(Request.id) > last_id)
+        if statuses is not None:
+            query = query.where(col(Request.status).in_(list(statuses)))
+        requests = session.exec(query.order_by(col(Request.id)).limit(PAGE)).all()
         if not requests:
             return
         ids = [r.id for r in requests]
@@ -54,8 +61,8 @@ def result_lines(session: Session, job_id: str) -> Iterator[dict[str, Any]]:
         fusion_of = {f.request_id: f for f in fusions}
         for request in requests:
             assert request.id is not None
-            yield _line(request, by_request.get(request.id, []), ranking_of.get(request.id),
-                        fusion_of.get(request.id))
+            yield request, _line(request, by_request.get(request.id, []),
+                                 ranking_of.get(request.id), fusion_of.get(request.id))
         last_id = requests[-1].id or last_id
 
 
@@ -65,6 +72,7 @@ def _line(request: Request, cands: list[Candidate], ranking: Ranking | None,
     chosen = text_of.get(request.chosen_candidate_id) if request.chosen_candidate_id else None
     return {
         "custom_id": request.custom_id,
+        "request_id": request.id,  # what `audit show` and the audit API take
         "status": request.status,
         "fused_output": request.fused_output,
         "chosen": None if chosen is None else {

@@ -13,6 +13,7 @@ from ops.cli_processes import dispatcher, worker
 from ops.cli_queues import queues, workers
 from ops.cli_ranker import ranker
 from ops.cli_serve import serve
+from ops.cli_tenants import tenants
 from ops.embedded import run
 
 
@@ -25,5 +26,5 @@ def cli() -> None:
 
 
 for command in (db, jobs, models, worker, dispatcher, run, queues, workers, audit, ranker, keys,
-                serve):
+                tenants, serve):
     cli.add_command(command)

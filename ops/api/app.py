@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(batch.router)
     app.include_router(native.router)
     app.include_router(pages.router)
+    pages.install(app)  # the pages' stylesheet and their sign-in redirects
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -28,6 +28,12 @@ class Principal:
     key_id: str
     tenant: str
     role: str
+    name: str = ""  # who holds the key, as `keys create --name` recorded it
+
+    @property
+    def author(self) -> str:
+        """How labels made with this key name their author."""
+        return f"{self.name[:200]} (key {self.key_id})" if self.name else f"key {self.key_id}"
 
 
 def settings_of(request: Request) -> Settings:
@@ -38,6 +44,12 @@ def settings_of(request: Request) -> Settings:
 def db_session(request: Request) -> Iterator[Session]:
     with session_scope(settings_of(request).database_url) as session:
         yield session
+
+
+# The session as routes should take it: committed when the route returns and before the
+# response is sent (FastAPI's default scope commits after), so a client that reads right
+# after a create sees it, and a failed commit is a 500 rather than a lost write.
+DB = Depends(db_session, scope="function")
 
 
 def presented_key(request: Request) -> str | None:
@@ -76,11 +88,11 @@ def require(*roles: ApiRole) -> Callable[..., Principal]:
     allowed = {r.value for r in roles} | {ApiRole.ADMIN.value}
     wanted = " or ".join(sorted(allowed))
 
-    def dependency(request: Request, session: Session = Depends(db_session)) -> Principal:
+    def dependency(request: Request, session: Session = DB) -> Principal:
         key = identify(request, session)
         if key.role not in allowed:
             raise ApiError(403, f"This needs a key with the role {wanted}; this key is a "
                                 f"{key.role} key.", code="forbidden")
-        return Principal(key.key_id, key.tenant, key.role)
+        return Principal(key.key_id, key.tenant, key.role, key.name)
 
     return dependency
