@@ -74,7 +74,7 @@ def _with_retries(action: Callable[[], int | None], attempts: int = 8,
 
     The part is counted after the task's work is stored and before its message is acked;
     if counting failed for good, Celery would ack a task whose chord never completes.
-    Waits double from ``first_wait`` (about two minutes in all by default).
+    Waits double from ``first_wait`` up to 30 s (about a minute in all by default).
     """
     wait = first_wait
     for attempt in range(attempts):

@@ -26,8 +26,16 @@ class BlendqTask(Task):
     autoretry_for = TRANSIENT_ERRORS
     retry_backoff = 2
     retry_backoff_max = 60
-    retry_jitter = True
-    max_retries = 5
+    # No jitter: Celery's is "full" (each wait drawn from 0 up to the backoff), so the
+    # retries could all come within seconds; a 5 s PostgreSQL restart used four of five
+    # in three. Plain backoff waits 2, 4, 8, 16, 32 s: a minute of outage survived, like
+    # chord counting (orchestration/chord_backend.py). Workers take one task at a time,
+    # so there is no herd to spread.
+    retry_jitter = False
+
+    @property
+    def max_retries(self) -> int:
+        return self.settings.max_task_retries
 
     # Rank and fuse end a chain: if one fails for good, nothing would finish its chunk.
     finishes_chunk_on_failure = False

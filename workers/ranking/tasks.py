@@ -14,7 +14,7 @@ from orchestration import lifecycle
 from orchestration.celery_app import RANK_TASK, app
 from orchestration.registry import RegistryError, get_registry
 from orchestration.settings import Settings
-from workers.base import BlendqTask
+from workers.base import TRANSIENT_ERRORS, BlendqTask
 from workers.model_store import ModelLoadError, get_model, revision_of
 from workers.ranking.batching import DEFAULT_BATCH_COST, DEFAULT_TOKEN_BUDGET
 from workers.ranking.gathering import claim_chunks
@@ -105,6 +105,11 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int]) -> 
     try:
         tops = run_plans(plans, compare, known={
             rid: _by_index(cands, stored) for rid, cands in cands_of.items()})
+    except TRANSIENT_ERRORS:
+        # Each batch is stored as it finishes, so the database going away lands here too;
+        # the task retries it (BlendqTask). Failing the requests instead would make a
+        # database restart fail them for good whenever it was back by _give_up.
+        raise
     except Exception as exc:
         log.exception("rank.failed")
         return _give_up(url, rankable, f"ranking failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,37 @@
+"""The benchmark scripts at smoke size: they run end to end and print their figures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ADMIN_URL, BROKER_URL, MODEL_CACHE
+from tests.integration.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def _run(*args: str, timeout: float) -> str:
+    env = {**os.environ, "BLENDQ_BENCH_ADMIN_URL": ADMIN_URL,
+           "BLENDQ_BENCH_BROKER_URL": BROKER_URL, "BLENDQ_MODEL_CACHE": str(MODEL_CACHE)}
+    env.pop("BLENDQ_REGISTRY_PATH", None)
+    result = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_load_runs_a_small_job_and_verifies_it() -> None:
+    out = _run("ops.bench.load", "--requests", "40", "--timeout", "180", timeout=400)
+    assert "candidate 120, comparison 240, ranking 40, fusion 40 (verified)" in out
+    assert "requests/s" in out
+    for process in ("dispatcher", "gen-tiny-a", "gen-tiny-b", "gen-tiny-c", "rank", "fuse"):
+        assert f"\n{process} " in out
+
+
+def test_storage_prints_its_ratio() -> None:
+    out = _run("ops.bench.storage", "--requests", "100", "--rounds", "1", timeout=120)
+    assert "copy / orm:" in out
