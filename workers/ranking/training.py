@@ -17,17 +17,31 @@ so the ranker does not learn the position of the better answer. AdamW, lr 1e-5 b
 from __future__ import annotations
 
 import json
+import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from workers.ranking.evaluation import reference_score, source_of
 
 if TYPE_CHECKING:
-    from workers.ranking.pairranker import PairRanker
+    import torch
+
+
+class PairModel(Protocol):
+    """What ``train`` needs: ``PairRanker``, or any model that turns (source, first,
+    second) into a logit of first over second (a pointwise baseline scores each alone)."""
+
+    backbone: Any
+    head_layer: Any
+    device: str
+
+    def encode(self, source: str, cand_a: str, cand_b: str) -> Any: ...
+
+    def logits_tensor(self, batch: list[Any]) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -77,10 +91,22 @@ def load_pairs(path: Path, metric: str | None = None, pairs_per_example: int = 5
         return parse_pairs(handle, metric, pairs_per_example, seed)
 
 
-def train(ranker: PairRanker, pairs: list[TrainPair], epochs: int = 1, lr: float = 1e-5,
+def train(ranker: PairModel, pairs: list[TrainPair], epochs: int = 1, lr: float = 1e-5,
           batch_size: int = 8, seed: int = 0,
-          progress: Callable[[int, float], None] | None = None) -> list[float]:
-    """Fine-tune in place; returns the mean loss of each epoch."""
+          progress: Callable[[int, float], None] | None = None,
+          head_lr: float | None = None, freeze: Sequence[str] = (),
+          warmup: float | None = None) -> list[float]:
+    """Fine-tune in place; returns the mean loss of each epoch.
+
+    ``head_lr`` (default ``lr``): a freshly initialised head needs a far larger step than
+    the pretrained backbone. ``freeze``: prefixes of backbone parameter names kept fixed
+    (``embeddings.``, ``encoder.layer.0.`` ...): on a CPU the embedding table's dense
+    gradient and update cost more than the rest of a small encoder, and no backward pass
+    runs below the lowest trained layer.
+    ``warmup``: None keeps the rate constant (gentle further training of a trained
+    ranker); a fraction of the steps warms it up linearly and it then decays linearly to
+    zero, which lets a short run from a fresh head use a large rate without diverging.
+    """
     import torch
 
     if not pairs:
@@ -90,8 +116,18 @@ def train(ranker: PairRanker, pairs: list[TrainPair], epochs: int = 1, lr: float
     # (source, first, second, d): both slot orders of every pair.
     rows = [(p.source, p.better, p.worse, 1.0) for p in pairs] + \
            [(p.source, p.worse, p.better, -1.0) for p in pairs]
-    params = [*ranker.backbone.parameters(), *ranker.head_layer.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=lr)
+    named = list(ranker.backbone.named_parameters())
+    trainable = {n: p.requires_grad for n, p in named}
+    backbone = [p for n, p in named if not n.startswith(tuple(freeze))]
+    optimizer = torch.optim.AdamW([
+        {"params": backbone, "lr": lr},
+        {"params": list(ranker.head_layer.parameters()),
+         "lr": lr if head_lr is None else head_lr}])
+    for n, p in named:
+        p.requires_grad_(not n.startswith(tuple(freeze)))
+    total_steps = epochs * math.ceil(len(rows) / batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: _rate(step, total_steps, warmup))
     ranker.backbone.train()
     ranker.head_layer.train()
     losses: list[float] = []
@@ -108,6 +144,7 @@ def train(ranker: PairRanker, pairs: list[TrainPair], epochs: int = 1, lr: float
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                scheduler.step()
                 total += float(loss.detach()) * len(batch)
             losses.append(total / len(rows))
             if progress is not None:
@@ -115,4 +152,15 @@ def train(ranker: PairRanker, pairs: list[TrainPair], epochs: int = 1, lr: float
     finally:
         ranker.backbone.eval()
         ranker.head_layer.eval()
+        for n, p in named:
+            p.requires_grad_(trainable[n])
     return losses
+
+
+def _rate(step: int, total: int, warmup: float | None) -> float:
+    if warmup is None:
+        return 1.0
+    ramp = max(1, round(total * warmup))
+    if step < ramp:
+        return (step + 1) / ramp
+    return max(0.0, (total - step) / max(1, total - ramp))

@@ -1,0 +1,162 @@
+"""Held-out accuracy of the demo ranker against a random ranker, the untrained MiniLM
+PairRanker and a pointwise baseline, from one run.
+
+    python -m ops.bench.ranker_quality                   # trains both models (minutes on a CPU)
+    python -m ops.bench.ranker_quality --ranker-path DIR # an installed demo ranker instead
+    python -m ops.bench.ranker_quality --json
+
+Data: ``workers/ranking/demo_data.py`` through the recipe ``DEMO_RANKER``
+(``workers/demo_models.py``), so the prompts held out here are those the installed demo
+ranker never trained on. The PairRanker and the pointwise scorer start from the same
+MiniLM weights and train on the same pairs with the same loss, optimizer, schedule and
+steps (``training.train``); only the pairwise model reads both candidates at once.
+
+Reported per model: pairwise accuracy over every right-wrong pair of the held-out
+prompts (both orders run, as ``ranker eval`` does), split into generic failures (no
+answer, restated question, truncated, repetition, another question's answer) and each
+family's own mistakes (off by one, wrong operation, flipped comparison, wrong capital,
+...); top-1 (a right answer ranked first by max_logits); the same pairwise accuracy on
+the family no model trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ops.bench.ranker_pointwise import PointwiseScorer, RandomComparer
+from workers.demo_models import (
+    DEMO_RANKER,
+    RankerRecipe,
+    minilm_ranker,
+    spare_cpu_threads,
+    train_minilm_ranker,
+)
+from workers.ranking.aggregation import full_pairs, max_logits, rank_order
+from workers.ranking.demo_data import GENERIC_KINDS, Prompt, train_pairs
+from workers.ranking.evaluation import Comparer
+
+
+def measure(model: Comparer, prompts: Sequence[Prompt]) -> dict[str, Any]:
+    """Every ordered pair of each prompt's candidates in one ``compare`` call."""
+    asked = [(p.source, p.candidates[i].text, p.candidates[j].text)
+             for p in prompts for i, j in full_pairs(len(p.candidates))]
+    logits = iter(model.compare(asked) if asked else [])
+    outcome: dict[str, list[float]] = {"generic": [], "own": []}
+    top1: list[float] = []
+    for p in prompts:
+        n = len(p.candidates)
+        m = {pair: next(logits) for pair in full_pairs(n)}
+        for i, right in enumerate(p.candidates):
+            for j, wrong in enumerate(p.candidates):
+                if p.is_correct(right) and not p.is_correct(wrong):
+                    pref = m[(i, j)] - m[(j, i)]
+                    agree = 0.5 if pref == 0 else float(pref > 0)
+                    outcome["generic" if wrong.kind in GENERIC_KINDS else "own"].append(agree)
+        best = rank_order(max_logits(n, m), [f"{i:06d}" for i in range(n)])[0]
+        top1.append(float(p.is_correct(p.candidates[best])))
+    every = outcome["generic"] + outcome["own"]
+    return {"prompts": len(prompts), "pairs": len(every), "accuracy": _mean(every),
+            "generic": _mean(outcome["generic"]), "own_mistakes": _mean(outcome["own"]),
+            "top1": _mean(top1)}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def report(recipe: RankerRecipe = DEMO_RANKER, ranker_path: Path | None = None,
+           limit: int | None = None, log: Any = print) -> dict[str, Any]:
+    """Train (or load) each model, then measure all of them on the same held-out sets;
+    ``limit`` caps how many held-out prompts of each set are used."""
+    from workers.ranking.pairranker import PairRanker
+    from workers.ranking.training import train
+
+    train_prompts, test, unseen = recipe.data()
+    test, unseen = test[:limit], unseen[:limit]
+    models: list[tuple[str, Comparer, float | None]] = [
+        ("random", RandomComparer(recipe.seed), None),
+        ("untrained PairRanker (random head)", minilm_ranker(recipe.seed), None)]
+
+    base = minilm_ranker(recipe.seed)
+    pointwise = PointwiseScorer(base.backbone, base.tokenizer, base.source_maxlength,
+                                base.candidate_maxlength)
+    pairs = train_pairs(train_prompts, recipe.pairs_per_prompt, recipe.seed)
+    log(f"training the pointwise baseline on {len(pairs)} pairs")
+    started = time.perf_counter()
+    with spare_cpu_threads():
+        train(pointwise, pairs, epochs=recipe.epochs, lr=recipe.lr,
+              batch_size=recipe.batch_size, seed=recipe.seed, head_lr=recipe.head_lr,
+              freeze=recipe.freeze, warmup=recipe.warmup)
+    models.append(("pointwise (same backbone, head, pairs)", pointwise,
+                   time.perf_counter() - started))
+
+    if ranker_path is not None:
+        stats_file = ranker_path / "demo_training.json"
+        seconds = json.loads(stats_file.read_text())["seconds"] if stats_file.is_file() \
+            else None  # when install-demo trained it, it wrote down how long that took
+        models.append((f"PairRanker ({ranker_path.name})",
+                       PairRanker.from_pretrained(str(ranker_path), device="cpu"), seconds))
+    else:
+        log(f"training the PairRanker on {len(pairs)} pairs")
+        ranker, stats = train_minilm_ranker(recipe)
+        models.append(("PairRanker (the demo ranker)", ranker, stats["seconds"]))
+
+    rows = []
+    for name, model, seconds in models:
+        log(f"measuring {name}")
+        with spare_cpu_threads():
+            rows.append({"model": name, "train_seconds": seconds,
+                         "heldout": measure(model, test),
+                         "unseen_family": measure(model, unseen)})
+    return {"recipe": {**recipe.__dict__, "freeze": list(recipe.freeze)},
+            "train_prompts": len(train_prompts), "train_pairs": len(pairs), "models": rows}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_table(result: dict[str, Any]) -> None:
+    first = result["models"][0]
+    print(f"training: {result['train_prompts']} prompts, {result['train_pairs']} right-wrong "
+          f"pairs; held out: {first['heldout']['prompts']} prompts of the trained families "
+          f"({first['heldout']['pairs']} pairs), {first['unseen_family']['prompts']} of the "
+          f"unseen family '{result['recipe']['heldout_family']}' "
+          f"({first['unseen_family']['pairs']} pairs)")
+    header = (f"{'model':<40} {'train s':>7} {'held-out':>8} {'generic':>7} {'own':>6} "
+              f"{'top-1':>6} {'unseen':>7}")
+    print(header)
+    print("-" * len(header))
+    for row in result["models"]:
+        h, u = row["heldout"], row["unseen_family"]
+        seconds = "-" if row["train_seconds"] is None else f"{row['train_seconds']:.0f}"
+        print(f"{row['model']:<40} {seconds:>7} {_fmt(h['accuracy']):>8} "
+              f"{_fmt(h['generic']):>7} {_fmt(h['own_mistakes']):>6} {_fmt(h['top1']):>6} "
+              f"{_fmt(u['accuracy']):>7}")
+    print("held-out/unseen: pairwise accuracy over right-wrong pairs; generic/own: held-out "
+          "pairs whose wrong answer is a generic failure / the family's own mistake; top-1: "
+          "a right answer ranked first")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranker-path", type=Path,
+                        help="measure this PairRanker checkpoint instead of training one")
+    parser.add_argument("--limit", type=int, help="held-out prompts per set (default: all)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    log = (lambda message: None) if args.json else print
+    result = report(DEMO_RANKER, args.ranker_path, args.limit, log)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+
+
+if __name__ == "__main__":
+    main()
