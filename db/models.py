@@ -12,10 +12,12 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
+    String,
     Text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -382,6 +384,18 @@ class ApiKey(SQLModel, table=True):
     )
     revoked_at: datetime | None = _ts()
     last_used_at: datetime | None = _ts()
+
+
+class ApiRateBucket(SQLModel, table=True):
+    """A key's request rate, shared by every API server process (db/rate_limits.py)."""
+
+    __tablename__ = "api_rate_bucket"
+
+    key_id: str = Field(
+        sa_column=Column(String(32), ForeignKey("api_key.key_id", ondelete="CASCADE"),
+                         primary_key=True))
+    tokens: float = Field(sa_column=Column(Float, nullable=False))
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class BatchFile(SQLModel, table=True):

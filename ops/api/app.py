@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ops.api import batch, errors, native, pages
-from ops.api.limits import BodySizeLimit, RateLimiter
+from ops.api.limits import BodySizeLimit
 from orchestration.celery_app import configure
 from orchestration.registry import get_registry
 from orchestration.settings import Settings, get_settings
@@ -26,7 +26,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     app = FastAPI(title="blendq", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
-    app.state.limiter = RateLimiter(settings.api_rate_limit_per_minute)
     # Submitting writes the canvas into the outbox, so the app needs Celery's signatures
     # (not a broker connection: the dispatcher publishes).
     app.state.celery = configure(settings)

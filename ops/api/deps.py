@@ -10,10 +10,11 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 
 from db.api_keys import authenticate
-from db.engine import session_scope
+from db.engine import get_engine, session_scope
 from db.models import ApiKey, ApiRole, utcnow
+from db.rate_limits import take
 from ops.api.errors import ApiError
-from ops.api.limits import RateLimiter, retry_after
+from ops.api.limits import retry_after
 from orchestration.settings import Settings
 
 # Browsers (the auditor pages) carry the key in this cookie; programs send a Bearer header.
@@ -70,8 +71,9 @@ def identify(request: Request, session: Session) -> ApiKey:
     if key is None:
         raise ApiError(401, "Invalid or revoked API key.", code="invalid_api_key",
                        headers={"WWW-Authenticate": "Bearer"})
-    limiter: RateLimiter = request.app.state.limiter
-    wait = limiter.take(key.key_id)
+    settings = settings_of(request)
+    wait = take(get_engine(settings.database_url), key.key_id,
+                settings.api_rate_limit_per_minute)
     if wait > 0:
         raise ApiError(429, "Rate limit reached for this API key; retry later.",
                        code="rate_limit_exceeded", headers=retry_after(wait))

@@ -1,10 +1,9 @@
-"""Limits that protect the server: request body size and a request rate per API key."""
+"""Limits that protect the server: request body size, and the Retry-After of the rate
+limit per key (counted in PostgreSQL: db/rate_limits.py)."""
 
 from __future__ import annotations
 
 import json
-import threading
-import time
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -70,31 +69,6 @@ class BodySizeLimit:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
-
-
-class RateLimiter:
-    """A token bucket per key: ``per_minute`` requests, refilled continuously.
-
-    Per server process: with several server processes each allows the full rate.
-    """
-
-    def __init__(self, per_minute: int) -> None:
-        self.capacity = float(per_minute)
-        self.refill = per_minute / 60.0
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, key: str) -> float:
-        """0 when the request may go, else the seconds until it could."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, at = self._buckets.get(key, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - at) * self.refill)
-            if tokens >= 1:
-                self._buckets[key] = (tokens - 1, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.refill
 
 
 def retry_after(seconds: float) -> dict[str, Any]:

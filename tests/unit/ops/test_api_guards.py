@@ -65,6 +65,10 @@ def test_the_rate_limit_answers_429_with_retry_after(settings: Settings) -> None
         # The limit is per key: another key of the same tenant still gets through.
         assert client.get("/api/v1/me", headers={"Authorization": f"Bearer {other}"}
                           ).status_code == 200
+    # A second server process on the same database shares the key's bucket.
+    with TestClient(create_app(limited)) as second:
+        assert second.get("/api/v1/me", headers={"Authorization": f"Bearer {secret}"}
+                          ).status_code == 429
 
 
 def test_a_body_over_the_limit_is_413_before_it_is_read(settings: Settings) -> None:
