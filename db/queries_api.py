@@ -11,11 +11,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import tuple_
+from sqlalchemy import func, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from db.models import BatchFile, IdempotencyKey, Job, Request
+from db.models import BatchFile, Candidate, IdempotencyKey, Job, Request
 
 # A batch is a job made from an uploaded file: its input_file is that file's id, a shape
 # no path that `jobs submit` records is likely to have.
@@ -31,6 +31,16 @@ class Page:
 def tenant_job(session: Session, tenant: str, job_id: str) -> Job | None:
     job = session.get(Job, job_id)
     return job if job is not None and job.tenant == tenant else None
+
+
+def job_tokens(session: Session, job_id: str) -> tuple[int, int]:
+    """(prompt, completion) tokens of every candidate the job's generators produced."""
+    prompt, completion = session.exec(
+        select(func.coalesce(func.sum(Candidate.prompt_tokens), 0),
+               func.coalesce(func.sum(Candidate.completion_tokens), 0))
+        .join(Request, col(Request.id) == Candidate.request_id)
+        .where(Request.job_id == job_id, col(Candidate.ok))).one()
+    return int(prompt), int(completion)
 
 
 def tenant_batch(session: Session, tenant: str, batch_id: str) -> Job | None:
@@ -55,7 +65,10 @@ def tenant_request(session: Session, tenant: str, request_id: int) -> Request | 
 
 
 class UnknownCursor(LookupError):
-    """``after`` names no object of this tenant's list."""
+    """``after`` names no object of this tenant's list (the API answers 400)."""
+
+    def __init__(self, after: str, noun: str) -> None:
+        super().__init__(f"after: no {noun} '{after}' in this list.")
 
 
 def jobs_page(session: Session, tenant: str, *, after: str | None, limit: int,
@@ -70,7 +83,7 @@ def jobs_page(session: Session, tenant: str, *, after: str | None, limit: int,
         cursor = tenant_batch(session, tenant, after) if batches_only else tenant_job(
             session, tenant, after)
         if cursor is None:
-            raise UnknownCursor(after)
+            raise UnknownCursor(after, "batch" if batches_only else "job")
         query = query.where(tuple_(col(Job.created_at), col(Job.id))
                             < tuple_(cursor.created_at, cursor.id))
     query = query.order_by(col(Job.created_at).desc(), col(Job.id).desc())
@@ -86,7 +99,7 @@ def files_page(session: Session, tenant: str, *, after: str | None, limit: int,
     if after is not None:
         cursor = tenant_file(session, tenant, after)
         if cursor is None:
-            raise UnknownCursor(after)
+            raise UnknownCursor(after, "file")
         edge = tuple_(cursor.created_at, cursor.id)
         query = query.where(key < edge if descending else key > edge)
     order: Sequence[Any] = ((col(BatchFile.created_at).desc(), col(BatchFile.id).desc())

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlmodel import Session
 
 from db.models import ApiRole, Job, Tenant
-from db.queries_api import UnknownCursor, jobs_page, tenant_batch, tenant_file
+from db.queries_api import job_tokens, jobs_page, tenant_batch, tenant_file
 from ops.api import batch_files
 from ops.api.batch_objects import CHAT_ENDPOINT, COMPLETION_WINDOW, INPUT, batch_object, list_object
 from ops.api.batch_results import result_files
@@ -50,7 +50,7 @@ class BatchCreate(BaseModel):
 
 def batch_view(session: Session, job: Job) -> dict[str, Any]:
     """The batch object; reading a finished batch makes its output and error file rows."""
-    return batch_object(job, *result_files(session, job))
+    return batch_object(job, *result_files(session, job), tokens=job_tokens(session, job.id))
 
 
 def _batch(session: Session, principal: Principal, batch_id: str) -> Job:
@@ -122,12 +122,8 @@ def _check(body: BatchCreate) -> None:
 def list_batches(after: str | None = None, limit: int = Query(20, ge=1, le=100),
                  principal: Principal = Depends(READ),
                  session: Session = DB) -> dict[str, Any]:
-    try:
-        page = jobs_page(session, principal.tenant, after=after, limit=limit,
-                         batches_only=True)
-    except UnknownCursor:
-        raise ApiError(400, f"after: no batch '{after}' in this list.", param="after",
-                       code="invalid_cursor") from None
+    page = jobs_page(session, principal.tenant, after=after, limit=limit,
+                     batches_only=True)
     return list_object([batch_view(session, job) for job in page.rows], page.has_more)
 
 

@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from db.engine import session_scope
 from db.models import ApiRole, BatchFile, Job
-from db.queries_api import UnknownCursor, files_page, remember, remembered, tenant_file
+from db.queries_api import files_page, remember, remembered, tenant_file
 from ops.api.batch_objects import ERROR, INPUT, OUTPUT, file_object, list_object
 from ops.api.batch_results import render
 from ops.api.deps import DB, Principal, require, settings_of
@@ -92,12 +92,8 @@ def list_files(after: str | None = None, limit: int = Query(10_000, ge=1, le=10_
                session: Session = DB) -> dict[str, Any]:
     purposes = None if purpose is None else (
         [OUTPUT, ERROR] if purpose == OUTPUT else [purpose])
-    try:
-        page = files_page(session, principal.tenant, after=after, limit=limit,
-                          descending=order == "desc", purposes=purposes)
-    except UnknownCursor:
-        raise ApiError(400, f"after: no file '{after}' in this list.", param="after",
-                       code="invalid_cursor") from None
+    page = files_page(session, principal.tenant, after=after, limit=limit,
+                      descending=order == "desc", purposes=purposes)
     return list_object([file_object(row) for row in page.rows], page.has_more)
 
 

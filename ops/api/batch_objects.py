@@ -44,7 +44,11 @@ def model_name(job: Job) -> str:
 
 
 def batch_object(job: Job, output_file_id: str | None = None,
-                 error_file_id: str | None = None) -> dict[str, Any]:
+                 error_file_id: str | None = None,
+                 tokens: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """``tokens``: (prompt, completion) of every candidate so far, the sum of what the
+    output lines' ``usage`` report, plus the candidates of requests that failed later."""
+    prompt, completion = tokens
     return {
         "id": job.id, "object": "batch", "endpoint": CHAT_ENDPOINT,
         "errors": batch_errors(job.errors), "input_file_id": job.input_file,
@@ -55,6 +59,10 @@ def batch_object(job: Job, output_file_id: str | None = None,
         "request_counts": {"total": job.total, "completed": job.completed,
                            "failed": job.failed},
         "metadata": batch_metadata(job), "model": model_name(job),
+        "usage": {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+                  "output_tokens": completion,
+                  "output_tokens_details": {"reasoning_tokens": 0},
+                  "total_tokens": prompt + completion},
     }
 
 

@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from db.queries_api import UnknownCursor
+
 _TYPES = {400: "invalid_request_error", 401: "authentication_error",
           403: "permission_error", 404: "not_found_error", 409: "conflict_error",
           413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error"}
@@ -41,6 +43,11 @@ def install(app: FastAPI) -> None:
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(body(exc.status, exc.message, exc.param, exc.code),
                             status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(UnknownCursor)
+    async def _unknown_cursor(_request: Request, exc: UnknownCursor) -> JSONResponse:
+        return JSONResponse(body(400, str(exc), param="after", code="invalid_cursor"),
+                            status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

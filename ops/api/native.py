@@ -21,7 +21,7 @@ from sqlmodel import Session
 from db.engine import session_scope
 from db.models import ApiRole, Job, JobStatus, Tenant
 from db.queries import job_summary, result_lines
-from db.queries_api import UnknownCursor, jobs_page, tenant_job
+from db.queries_api import jobs_page, tenant_job
 from ops.api import native_audit
 from ops.api.batch_objects import list_object
 from ops.api.deps import DB, Principal, require, settings_of
@@ -99,12 +99,8 @@ def _replayed(session: Session, job: Job, response: Response) -> dict[str, Any]:
 def list_jobs(after: str | None = None, limit: int = Query(20, ge=1, le=100),
               status: JobStatus | None = None, principal: Principal = Depends(ANY_ROLE),
               session: Session = DB) -> dict[str, Any]:
-    try:
-        page = jobs_page(session, principal.tenant, after=after, limit=limit,
-                         status=None if status is None else status.value)
-    except UnknownCursor:
-        raise ApiError(400, f"after: no job '{after}' in this list.", param="after",
-                       code="invalid_cursor") from None
+    page = jobs_page(session, principal.tenant, after=after, limit=limit,
+                     status=None if status is None else status.value)
     return list_object([job_summary(session, job) for job in page.rows], page.has_more)
 
 

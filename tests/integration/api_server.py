@@ -47,11 +47,13 @@ def free_port() -> int:
 def running_api(stack: Stack, logs: Path, extra_env: dict[str, str] | None = None,
                 ) -> Iterator[ApiServer]:
     port = free_port()
-    log = logs / f"api-{port}.log"
+    name = f"api-{port}"
+    log = logs / f"{name}.log"
     with log.open("ab") as handle:
         process = subprocess.Popen(
             [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=REPO,
             env={**stack.env, **(extra_env or {})}, stdout=handle, stderr=subprocess.STDOUT)
+    stack.processes[name] = process
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -68,9 +70,4 @@ def running_api(stack: Stack, logs: Path, extra_env: dict[str, str] | None = Non
             time.sleep(0.2)
         yield ApiServer(stack, base_url)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stack.stop(name)

@@ -131,6 +131,11 @@ def test_the_openai_client_runs_a_batch_and_downloads_matching_output(
         assert extra == result  # ranking, candidates and fusion exactly as stored
         assert [c["model"] for c in extra["candidates"]] == ["tiny-a", "tiny-b"]
         assert extra["ranking"]["entries"] and extra["fusion"]["fuser"] == "tiny-fuser"
+    # The batch's usage is what its lines report, all requests having succeeded.
+    assert batch.usage is not None and batch.usage.total_tokens > 0
+    assert (batch.usage.input_tokens, batch.usage.output_tokens) == (
+        sum(line["response"]["body"]["usage"]["prompt_tokens"] for line in lines),
+        sum(line["response"]["body"]["usage"]["completion_tokens"] for line in lines))
 
 
 def test_a_cancelled_batch_keeps_the_answers_that_finished(

@@ -166,6 +166,15 @@ def test_batches_page_newest_first(app_client: TestClient, settings: Settings) -
     rest = app_client.get("/v1/batches", headers=h,
                           params={"limit": 2, "after": first["last_id"]}).json()
     assert [b["id"] for b in rest["data"]] == [ids[0]] and rest["has_more"] is False
+    # Another tenant's batch is no cursor here, as an unknown id is not.
+    other = _headers(settings, "http-pages-other")
+    for client_headers, path in ((other, "/v1/batches"), (other, "/api/v1/jobs"),
+                                 (h, "/v1/files")):
+        refused = app_client.get(path, headers=client_headers, params={"after": ids[0]})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == "after" and error["code"] == "invalid_cursor"
+        assert ids[0] in error["message"]
 
 
 def test_idempotency_keys_return_the_first_object(app_client: TestClient,

@@ -50,8 +50,11 @@ def _result(fused: str | None = "fused!") -> dict[str, Any]:
 
 
 def test_a_batch_parses_as_the_openai_clients_batch() -> None:
-    rendered = batch_object(_job(), "file-output-abc", "file-errors-abc")
+    rendered = batch_object(_job(), "file-output-abc", "file-errors-abc", tokens=(30, 12))
     parsed = Batch.model_validate(rendered)
+    assert parsed.usage is not None
+    assert (parsed.usage.input_tokens, parsed.usage.output_tokens,
+            parsed.usage.total_tokens) == (30, 12, 42)
     assert parsed.status == "completed" and parsed.object == "batch"
     assert parsed.request_counts is not None and parsed.request_counts.failed == 1
     assert parsed.created_at == int(T0.timestamp()) and parsed.completed_at == parsed.created_at
