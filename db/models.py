@@ -313,6 +313,8 @@ class Outbox(SQLModel, table=True):
                                  sa_column=Column(BigId, nullable=True, index=True))
     payload: dict[str, Any] = _json(nullable=False, default=dict)
     status: str = Field(default=OutboxStatus.PENDING, max_length=16)
+    # Publishes that reached the broker (the one that succeeded included); tries while it
+    # was unreachable only leave their last_error.
     attempts: int = Field(default=0)
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = Field(

@@ -90,18 +90,22 @@ def _relay_row(session: Session, row: Outbox, publish: Publisher) -> None:
             session.add(row)
             log.info("outbox.dropped", outbox_id=row.id, job_id=row.job_id, job_status=status)
             return
-    row.attempts += 1
     try:
         publish(row)
     except Exception as exc:
         row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-        if row.attempts >= MAX_ATTEMPTS and not isinstance(exc, BROKER_DOWN):
-            _give_up(session, row)
+        # Only tries that reached the broker count: an outage, however long, must not
+        # bring a row nearer to being given up.
+        if not isinstance(exc, BROKER_DOWN):
+            row.attempts += 1
+            if row.attempts >= MAX_ATTEMPTS:
+                _give_up(session, row)
         session.add(row)
         session.flush()
         log.warning("outbox.publish_failed", outbox_id=row.id, attempts=row.attempts,
                     error=row.last_error)
         raise
+    row.attempts += 1
     row.status = OutboxStatus.SENT
     row.published_at = utcnow()
     session.add(row)

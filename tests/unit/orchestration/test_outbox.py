@@ -189,7 +189,7 @@ def test_an_unreachable_broker_stops_the_batch_and_keeps_what_was_sent(
     reload(quiet)
     failed = row(quiet, bad)
     assert failed.status == OutboxStatus.PENDING
-    assert failed.attempts == 1
+    assert failed.attempts == 0, "a try that did not reach the broker is no attempt"
     assert failed.last_error == f"ConnectionError: broker refused row {bad}"
     assert failed.published_at is None
     assert row(quiet, good).status == OutboxStatus.SENT
@@ -199,8 +199,22 @@ def test_an_unreachable_broker_stops_the_batch_and_keeps_what_was_sent(
     assert relay(quiet, recorder) == 2
     reload(quiet)
     retried = row(quiet, bad)
-    assert (retried.status, retried.attempts) == (OutboxStatus.SENT, 2)
+    assert (retried.status, retried.attempts) == (OutboxStatus.SENT, 1)
     assert recorder.ids == [good, bad, after]
+
+
+def test_a_long_broker_outage_brings_no_row_nearer_to_being_given_up(quiet: Session) -> None:
+    row_id = add(quiet, KIND_SIGNATURE, {"n": 0})
+    assert row_id is not None
+    down = Recorder(fail_on={row_id})  # ConnectionError: the broker is away
+    for _ in range(outbox.MAX_ATTEMPTS * 3):
+        relay(quiet, down, only_id=row_id)
+    # Then one failure of another kind: a first strike, not the last.
+    relay(quiet, Recorder(fail_on={row_id}, error=ValueError), only_id=row_id)
+    reload(quiet)
+    survivor = row(quiet, row_id)
+    assert (survivor.status, survivor.attempts) == (OutboxStatus.PENDING, 1)
+    assert survivor.last_error == f"ValueError: broker refused row {row_id}"
 
 
 def test_a_row_that_cannot_be_published_does_not_block_the_rest(quiet: Session) -> None:
