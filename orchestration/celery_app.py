@@ -27,9 +27,19 @@ def gen_queue(model: str) -> str:
     return f"gen.{model}"
 
 
-def declare_queue(name: str, settings: Settings | None = None) -> Queue:
-    arguments: dict[str, object] = {"x-dead-letter-exchange": DEAD_EXCHANGE.name}
-    if settings is not None and settings.quorum_queues:
+# How much longer than the task time limit RabbitMQ waits for an ack before it cancels
+# the consumer: a task at its hard limit is killed and acked well within this.
+CONSUMER_TIMEOUT_MARGIN = 300
+
+
+def declare_queue(name: str, settings: Settings) -> Queue:
+    arguments: dict[str, object] = {
+        "x-dead-letter-exchange": DEAD_EXCHANGE.name,
+        # Per queue from RabbitMQ 3.11.15/3.12; older servers ignore the argument and
+        # apply their global consumer_timeout (README: Queues).
+        "x-consumer-timeout": (settings.task_time_limit + CONSUMER_TIMEOUT_MARGIN) * 1000,
+    }
+    if settings.quorum_queues:
         arguments.update({"x-queue-type": "quorum",
                           "x-delivery-limit": settings.max_deliveries})
     return Queue(name, EXCHANGE, routing_key=name, durable=True, queue_arguments=arguments)

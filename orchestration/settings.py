@@ -28,8 +28,9 @@ class Settings(BaseSettings):
     model_cache: Path = Path.home() / ".cache" / "blendq"
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
-    # Seconds a worker may spend on one task. RabbitMQ cancels a consumer whose delivery
-    # stays unacked past its consumer_timeout (30 min by default), so stay below that.
+    # Seconds a worker may spend on one task. Queues are declared with a consumer timeout
+    # 5 minutes above it (x-consumer-timeout); RabbitMQ before 3.11.15 ignores that and
+    # applies its global consumer_timeout (30 min by default), so stay below that there.
     task_time_limit: int = Field(default=1500, ge=10)
     dispatcher_batch: int = Field(default=100, ge=1)
     # Quorum queues survive a broker node's loss and bound redeliveries (x-delivery-limit),

@@ -8,6 +8,7 @@ import time
 import pytest
 from celery import Celery
 
+from orchestration.celery_app import CONSUMER_TIMEOUT_MARGIN
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -64,8 +65,11 @@ def test_queues_are_declared_with_the_dead_letter_exchange(stack: Stack) -> None
     listing = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name",
                               "arguments"], capture_output=True, text=True, timeout=60).stdout
     rows = {line.split("\t")[0]: line for line in listing.splitlines()[1:]}
+    timeout = (stack.settings.task_time_limit + CONSUMER_TIMEOUT_MARGIN) * 1000
     for queue in ("gen.tiny-a", "rank", "fuse"):
         assert "x-dead-letter-exchange" in rows[queue] and "blendq.dead" in rows[queue]
+        # Above the task time limit, so a long task is never taken from its worker.
+        assert f'{{"x-consumer-timeout",{timeout}}}' in rows[queue], rows[queue]
     assert "blendq.dead" in rows
 
 
