@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import socket
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -22,8 +24,11 @@ def worker() -> None:
 
 
 def _start(queues: list[str], warm: list[tuple[str, str]], pool: str,
-           paused: list[str] | None = None) -> None:
+           paused: Callable[[], list[str]] = list) -> None:
+    """``paused`` reads which of ``queues`` an admin paused (``queues pause``)."""
     import importlib
+
+    from celery.signals import worker_ready
 
     from workers.model_store import get_model
 
@@ -47,9 +52,20 @@ def _start(queues: list[str], warm: list[tuple[str, str]], pool: str,
             click.echo(f"warning: {exc}; its tasks will record the error", err=True)
     # A paused queue is selected and excluded at once: the worker starts consuming nothing
     # from it (not even for a moment), and ``queues resume`` adds the consumer by name.
-    excluded = ["--exclude-queues", ",".join(paused)] if paused else []
-    for queue in paused or []:
+    # Read after the models loaded (minutes for a large one): a pause sent meanwhile
+    # reached no worker, only the stored flag.
+    excluded_queues = paused()
+    excluded = ["--exclude-queues", ",".join(excluded_queues)] if excluded_queues else []
+    for queue in excluded_queues:
         click.echo(f"{queue} is paused (queues resume to start it); waiting", err=True)
+
+    @worker_ready.connect(weak=False)
+    def _pauses_sent_while_starting(sender: Any, **_: Any) -> None:
+        # From here on the worker hears pause broadcasts; one sent between the read above
+        # and now is only in the stored flag.
+        for queue in set(paused()) - set(excluded_queues):
+            click.echo(f"{queue} was paused while the worker started; stopping it", err=True)
+            sender.cancel_task_queue(queue)
     # The worker's name lists its queues: ``queues resume`` finds workers by it.
     name = "+".join(queues)
     app.worker_main([
@@ -76,7 +92,7 @@ def generate(models: tuple[str, ...], pool: str) -> None:
             raise click.UsageError(str(exc)) from exc
     names = list(dict.fromkeys(models))
     _start([gen_queue(m) for m in names], [(m, "generator") for m in names], pool,
-           paused=[gen_queue(m) for m in names if _stored_pause(m)])
+           paused=lambda: [gen_queue(m) for m in names if _stored_pause(m)])
 
 
 def _stored_pause(model: str) -> bool:

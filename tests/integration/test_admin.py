@@ -5,6 +5,8 @@ stored twice."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,7 @@ from sqlmodel import Session, col, create_engine, select
 
 from db.models import Candidate, Comparison, Fusion, Job, Ranking, Request
 from orchestration.queue_admin import queue_states
-from tests.integration.conftest import Stack
+from tests.integration.conftest import REPO, Stack
 from tests.integration.test_pipeline import wait_for, write_prompts
 
 pytestmark = pytest.mark.integration
@@ -135,3 +137,31 @@ def test_pause_unknown_or_non_generator_is_a_usage_error(stack: Stack) -> None:
     assert result.returncode == 2 and "is a ranker" in result.stderr
     result = stack.manage("queues", "purge", "not-ours", "--yes", check=False)
     assert result.returncode == 2 and "not a blendq queue" in result.stderr
+
+
+# A worker whose stored pauses read nothing at start and then one queue: as when
+# `queues pause` lands after the worker read the flags and before it heard broadcasts.
+PAUSED_WHILE_STARTING = """
+from ops.cli_processes import _start
+reads = []
+def paused():
+    reads.append(1)
+    return [] if len(reads) == 1 else ["gen.probe-a"]
+_start(["gen.probe-a", "gen.probe-b"], [], "solo", paused=paused)
+"""
+
+
+def test_a_pause_stored_while_the_worker_starts_stops_its_queue_once_ready(
+        stack: Stack, tmp_path: Path) -> None:
+    log = tmp_path / "probe.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen([sys.executable, "-c", PAUSED_WHILE_STARTING], cwd=REPO,
+                                   env=stack.env, stdout=handle, stderr=subprocess.STDOUT)
+    try:
+        poll(lambda: " ready." in log.read_text(errors="replace"), 60, "the probe worker")
+        poll(lambda: depth(stack, "gen.probe-b")[1] == 1, 10, "gen.probe-b consumed")
+        assert depth(stack, "gen.probe-a")[1] == 0, log.read_text(errors="replace")
+        assert "gen.probe-a was paused while the worker started" in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
