@@ -10,14 +10,20 @@ from ops import context
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def serve(host: str, port: int) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes; they share the rate limits (kept in PostgreSQL).")
+@click.option("--forwarded-allow-ips", metavar="IPS",
+              help="Behind a reverse proxy: trust X-Forwarded-Proto/For from these "
+                   "addresses (comma-separated, or '*'), so pages served over HTTPS set "
+                   "their sign-in cookie Secure. Off by default: a client could claim any.")
+def serve(host: str, port: int, workers: int, forwarded_allow_ips: str | None) -> None:
     """Serve the OpenAI Batch API, the native API and the auditor pages (docs at /docs)."""
     import uvicorn
 
-    from ops.api.app import create_app
-
-    settings = context.settings()
+    context.settings()  # refuses invalid settings here, before any process starts
     # Access logs carry method, path and status only; keys travel in headers or a
     # cookie, which are never logged.
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None,
-                proxy_headers=False, server_header=False)
+    uvicorn.run("ops.api.app:served_app", factory=True, host=host, port=port,
+                workers=workers, log_config=None, server_header=False,
+                proxy_headers=forwarded_allow_ips is not None,
+                forwarded_allow_ips=forwarded_allow_ips)

@@ -42,3 +42,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def served_app() -> FastAPI:
+    """The app of each process ``manage.py serve --workers N`` starts: settings and logging
+    from the environment, as the parent read them."""
+    from ops.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)

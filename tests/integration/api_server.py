@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,13 +45,14 @@ def free_port() -> int:
 
 @contextmanager
 def running_api(stack: Stack, logs: Path, extra_env: dict[str, str] | None = None,
-                ) -> Iterator[ApiServer]:
+                args: Sequence[str] = ()) -> Iterator[ApiServer]:
+    """``manage.py serve`` on a free port, with ``args`` added to its command line."""
     port = free_port()
     name = f"api-{port}"
     log = logs / f"{name}.log"
     with log.open("ab") as handle:
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=REPO,
+            [sys.executable, "manage.py", "serve", "--port", str(port), *args], cwd=REPO,
             env={**stack.env, **(extra_env or {})}, stdout=handle, stderr=subprocess.STDOUT)
     stack.processes[name] = process
     base_url = f"http://127.0.0.1:{port}"
