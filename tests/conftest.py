@@ -12,7 +12,6 @@ import psycopg
 import pytest
 from celery import Celery
 from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from orchestration.settings import Settings
@@ -23,37 +22,19 @@ MODEL_CACHE = Path(os.environ.get("BLENDQ_TEST_MODEL_CACHE",
                                   Path.home() / ".cache" / "blendq-test"))
 
 
-def _database_url(suffix: str = "") -> str:
-    name = f"blendq_test_{os.getpid()}{suffix}"
-    admin = make_url(ADMIN_URL)
-    return admin.set(drivername="postgresql+psycopg", database=name).render_as_string(
-        hide_password=False)
-
-
 @contextmanager
 def fresh_database(suffix: str = "") -> Iterator[str]:
     """A new database migrated with the same command admins use, dropped afterwards."""
-    from ops import dbadmin
+    from ops.bench.stack import fresh_database as migrated
 
-    url = _database_url(suffix)
-    name = make_url(url).database
+    name = f"blendq_test_{os.getpid()}{suffix}"
     try:
-        admin = psycopg.connect(ADMIN_URL, autocommit=True)
+        psycopg.connect(ADMIN_URL, autocommit=True).close()
     except psycopg.OperationalError as exc:  # pragma: no cover - a broken machine
         pytest.fail(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}. Run .ci/run or "
                     "ops/scripts/services.sh first.")
-    with admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dbadmin.upgrade(url)
-    try:
+    with migrated(name, ADMIN_URL) as url:
         yield url
-    finally:
-        from db.engine import dispose_engines
-
-        dispose_engines()
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
-from workers.ranking.pairranker import CAND_PREFIX, SOURCE_PREFIX
+from workers.ranking.pairranker import CAND_PREFIX, SOURCE_PREFIX, padded
 
 if TYPE_CHECKING:
     import torch
@@ -58,12 +58,7 @@ class PointwiseScorer:
     def scores_tensor(self, batch: list[Segment]) -> torch.Tensor:
         import torch
 
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(batch):
-            input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, :len(ids)] = 1
+        input_ids, mask = padded(batch, self.pad_id)
         hidden = self.backbone(input_ids=input_ids, attention_mask=mask).last_hidden_state
         positions = torch.tensor([pos for _, pos in batch], dtype=torch.long)
         picked = hidden[torch.arange(len(batch)).unsqueeze(-1), positions]

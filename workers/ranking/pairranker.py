@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -285,12 +285,7 @@ class PairRanker:
         mode (training uses it; scoring goes through ``compare``)."""
         import torch
 
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            mask[row, : len(ids)] = 1
+        input_ids, mask = padded(batch, self.pad_id)
         positions = torch.tensor([pos for _, pos in batch], dtype=torch.long, device=self.device)
         out = self.backbone(
             input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
@@ -376,3 +371,17 @@ def _read_backbone_config(root: Path, ranker_cfg_file: Path) -> dict[str, Any] |
             if "model_type" in data:
                 return data
     return None
+
+
+def padded(batch: Sequence[tuple[list[int], list[int]]],
+           pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of encoded rows, right-padded to the longest row."""
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, _) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
