@@ -155,6 +155,34 @@ def test_cancelling_before_any_chunk_started_cancels_every_request(
                              headers=h).status_code == 400
 
 
+def test_a_batch_past_its_window_expires_with_its_requests_in_the_error_file(
+        app_client: TestClient, settings: Settings) -> None:
+    from datetime import timedelta
+
+    from db.models import utcnow
+    from orchestration.lifecycle import expire_due_jobs
+
+    h = _headers(settings, "http-expire")
+    file_id = _upload(app_client, h, _lines(2))["id"]
+    batch = app_client.post("/v1/batches", headers=h, json={
+        "input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h"}).json()
+    assert batch["expires_at"] - batch["created_at"] == 24 * 3600
+    # What the dispatcher does on its rounds, a day and a minute later.
+    with session_scope(settings.database_url) as session:
+        expired = expire_due_jobs(session, utcnow() + timedelta(hours=24, minutes=1))
+    assert batch["id"] in expired
+    seen = app_client.get(f"/v1/batches/{batch['id']}", headers=h).json()
+    assert seen["status"] == "expired" and seen["expired_at"] is not None
+    assert seen["output_file_id"] is None and seen["error_file_id"]
+    errors = app_client.get(f"/v1/files/{seen['error_file_id']}/content", headers=h)
+    assert [(x["custom_id"], x["error"]["code"]) for x in map(
+        json.loads, errors.text.splitlines())] == [("q0", "batch_expired"),
+                                                   ("q1", "batch_expired")]
+    # Cancelling an ended batch changes nothing.
+    after = app_client.post(f"/v1/batches/{batch['id']}/cancel", headers=h).json()
+    assert (after["status"], after["cancelled_at"]) == ("expired", None)
+
+
 def test_batches_page_newest_first(app_client: TestClient, settings: Settings) -> None:
     h = _headers(settings, "http-pages")
     file_id = _upload(app_client, h, _lines(1))["id"]
