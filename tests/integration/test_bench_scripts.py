@@ -35,3 +35,9 @@ def test_load_runs_a_small_job_and_verifies_it() -> None:
 def test_storage_prints_its_ratio() -> None:
     out = _run("ops.bench.storage", "--requests", "100", "--rounds", "1", timeout=120)
     assert "copy / orm:" in out
+
+
+def test_pipeline_prints_the_bare_and_full_rates() -> None:
+    out = _run("ops.bench.pipeline", "--requests", "32", "--timeout", "300", timeout=400)
+    assert "bare canvas, no-op tasks" in out and "full, tiny models" in out
+    assert "bare / full:" in out
