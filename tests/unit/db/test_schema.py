@@ -6,7 +6,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from ops import dbadmin
-from tests.conftest import ADMIN_URL
+from tests.conftest import ADMIN_URL, fresh_database
 
 
 def test_check_passes_on_a_migrated_database(pg_url: str) -> None:
@@ -14,24 +14,16 @@ def test_check_passes_on_a_migrated_database(pg_url: str) -> None:
     assert dbadmin.check(pg_url) == []
 
 
-def test_check_reports_a_schema_that_drifted(pg_url: str) -> None:
-    drifted = make_url(pg_url).set(database=make_url(pg_url).database + "_drift")
-    url = drifted.render_as_string(hide_password=False)
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{drifted.database}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{drifted.database}"')
-    try:
-        dbadmin.upgrade(url)
-        plain = drifted.set(drivername="postgresql").render_as_string(hide_password=False)
+def test_check_reports_a_schema_that_drifted() -> None:
+    with fresh_database("_drift") as url:
+        plain = make_url(url).set(drivername="postgresql").render_as_string(
+            hide_password=False)
         with psycopg.connect(plain, autocommit=True) as conn:
             conn.execute("ALTER TABLE job DROP CONSTRAINT uq_job_tenant_idempotency_key")
             conn.execute("ALTER TABLE candidate ADD COLUMN stray integer")
         problems = dbadmin.check(url)
         assert any("uq_job_tenant_idempotency_key" in p for p in problems)
         assert any("stray" in p for p in problems)
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{drifted.database}" WITH (FORCE)')
 
 
 def test_check_reports_an_unmigrated_database(pg_url: str) -> None:
