@@ -1,0 +1,23 @@
+"""chunk leases, stages and job counters
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-01 02:20:00
+
+Placeholder in the chain; filled by the liveness work (issue 13).
+"""
+
+from collections.abc import Sequence
+
+revision: str = '0007'
+down_revision: str | None = '0006'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

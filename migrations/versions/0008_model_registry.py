@@ -1,0 +1,23 @@
+"""model registry in PostgreSQL
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-01 02:20:00
+
+Placeholder in the chain; filled by the registry work (issue 13 §5).
+"""
+
+from collections.abc import Sequence
+
+revision: str = '0008'
+down_revision: str | None = '0007'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
