@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -23,7 +24,19 @@ def worker() -> None:
     """Start a stage worker."""
 
 
-def _start(queues: list[str], warm: list[tuple[str, str]], pool: str,
+def node_name(kind: str, name: str | None) -> str:
+    """The Celery node name: ``NAME@host`` with ``--name``, else ``KIND-PID@host``.
+
+    Unique per process by default: two workers with one name on one host collide on
+    their control queue (RESOURCE_LOCKED), so replicas need names of their own. Which
+    queues a worker consumes is asked of the worker (``active_queues``), never read from
+    its name.
+    """
+    chosen = name or f"{kind}-{os.getpid()}"
+    return chosen if "@" in chosen else f"{chosen}@{socket.gethostname()}"
+
+
+def _start(queues: list[str], warm: list[tuple[str, str]], pool: str, node: str,
            paused: Callable[[], list[str]] = list) -> None:
     """``paused`` reads which of ``queues`` an admin paused (``queues pause``)."""
     import importlib
@@ -66,14 +79,36 @@ def _start(queues: list[str], warm: list[tuple[str, str]], pool: str,
         for queue in set(paused()) - set(excluded_queues):
             click.echo(f"{queue} was paused while the worker started; stopping it", err=True)
             sender.cancel_task_queue(queue)
-    # The worker's name lists its queues: ``queues resume`` finds workers by it.
-    name = "+".join(queues)
     app.worker_main([
         "worker", "--queues", ",".join(queues), *excluded, "--pool", pool,
         "--concurrency", "1", "--prefetch-multiplier", "1",
-        "--hostname", f"{name}@{socket.gethostname()}",
+        "--hostname", node,
         "--without-gossip", "--without-mingle", "--loglevel", settings.log_level,
     ])
+
+
+def replica_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--name and --device, shared by every worker kind."""
+    command = click.option(
+        "--device", default=None,
+        help="Pin the worker to one device: cpu, cuda or cuda:N (cuda:N sets "
+             "CUDA_VISIBLE_DEVICES=N). Default: the registry entry's device, else cuda "
+             "when visible, else cpu.")(command)
+    return click.option(
+        "--name", default=None,
+        help="Celery node name (NAME or NAME@host); default KIND-PID@host, unique per "
+             "process so any number of replicas can run on one host.")(command)
+
+
+def _pin(device: str | None) -> None:
+    if device is None:
+        return
+    from workers.devices import pin_device
+
+    try:
+        pin_device(device)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from exc
 
 
 @worker.command()
@@ -82,8 +117,10 @@ def _start(queues: list[str], warm: list[tuple[str, str]], pool: str,
                    "from one process (entries with the same weights share one copy).")
 @click.option("--pool", default="solo", show_default=True,
               help="Celery pool; solo keeps one copy of the weights in the process.")
-def generate(models: tuple[str, ...], pool: str) -> None:
+@replica_options
+def generate(models: tuple[str, ...], pool: str, name: str | None, device: str | None) -> None:
     """Consume gen.MODEL only (one queue per --model)."""
+    _pin(device)
     registry = context.registry(context.settings())
     for model in models:
         try:
@@ -92,7 +129,7 @@ def generate(models: tuple[str, ...], pool: str) -> None:
             raise click.UsageError(str(exc)) from exc
     names = list(dict.fromkeys(models))
     _start([gen_queue(m) for m in names], [(m, "generator") for m in names], pool,
-           paused=lambda: [gen_queue(m) for m in names if _stored_pause(m)])
+           node_name("generate", name), paused=lambda: [gen_queue(m) for m in names if _stored_pause(m)])
 
 
 def _stored_pause(model: str) -> bool:
@@ -106,20 +143,26 @@ def _stored_pause(model: str) -> bool:
 
 @worker.command()
 @click.option("--pool", default="solo", show_default=True)
-def rank(pool: str) -> None:
+@replica_options
+def rank(pool: str, name: str | None, device: str | None) -> None:
     """Consume the rank queue."""
+    _pin(device)
     registry = context.registry(context.settings())
     default = registry.default("ranker")
-    _start([RANK_QUEUE], [(default.name, "ranker")] if default else [], pool)
+    _start([RANK_QUEUE], [(default.name, "ranker")] if default else [], pool,
+           node_name("rank", name))
 
 
 @worker.command()
 @click.option("--pool", default="solo", show_default=True)
-def fuse(pool: str) -> None:
+@replica_options
+def fuse(pool: str, name: str | None, device: str | None) -> None:
     """Consume the fuse queue."""
+    _pin(device)
     registry = context.registry(context.settings())
     default = registry.default("fuser")
-    _start([FUSE_QUEUE], [(default.name, "fuser")] if default else [], pool)
+    _start([FUSE_QUEUE], [(default.name, "fuser")] if default else [], pool,
+           node_name("fuse", name))
 
 
 @click.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,8 +10,40 @@ if TYPE_CHECKING:
     import torch
 
 
+# The device a worker was pinned to (``manage.py worker ... --device``); models that name
+# none in the registry load there.
+DEVICE_ENV = "BLENDQ_DEVICE"
+# What ``workers list`` shows: the device as the admin named it (cuda:3), while the process
+# itself sees only that GPU, as cuda:0.
+DEVICE_LABEL_ENV = "BLENDQ_DEVICE_LABEL"
+
+
+def pin_device(device: str) -> None:
+    """Pin this process to ``device`` ("cpu", "cuda", "cuda:N") before torch loads.
+
+    cuda:N becomes CUDA_VISIBLE_DEVICES=N, so every library in the process (torch, vLLM,
+    its NCCL) sees that one GPU and nothing else.
+    """
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    os.environ[DEVICE_LABEL_ENV] = device
+    kind, _, index = device.partition(":")
+    if index:
+        if not index.isdigit():
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+        os.environ["CUDA_VISIBLE_DEVICES"] = index
+    os.environ[DEVICE_ENV] = kind
+
+
+def device_label() -> str:
+    """The device this worker was pinned to, or "auto" when none was named."""
+    return os.environ.get(DEVICE_LABEL_ENV) or os.environ.get(DEVICE_ENV) or "auto"
+
+
 def pick_device(preferred: str | None = None) -> str:
-    """The caller's device if given, else "cuda" when one is visible, else "cpu"."""
+    """The caller's device if given, else the worker's pinned device, else "cuda" when one
+    is visible, else "cpu"."""
+    preferred = preferred or os.environ.get(DEVICE_ENV)
     if preferred:
         return preferred
     import torch

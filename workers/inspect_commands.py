@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery.worker.control import inspect_command
 
 from workers import model_store
+from workers.devices import device_label
 
 MODELS_COMMAND = "blendq_models"
 
@@ -20,4 +22,4 @@ def blendq_models(state: Any, **_: Any) -> dict[str, Any]:
     """
     loaded = [{"role": key[0], "backend": key[1], "path": key[2], "revision": key[3] or None}
               for key in list(model_store._loaded)]
-    return {"ok": loaded}
+    return {"ok": loaded, "device": device_label(), "pid": os.getpid()}
