@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from workers.generation.transformers_backend import Conversation, GenerationResult
+from workers.generation.prompts import Conversation, GenerationResult, Prompt, prompts_for
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -58,28 +58,35 @@ class OpenAIGenerator:
             raise ConnectionError(f"no model list from {self.base_url}/models: {exc}") from exc
 
     def warm_up(self) -> None:
-        self.generate([[{"role": "user", "content": "Hello"}]], max_new_tokens=1)
+        self.generate_prompts([Prompt([{"role": "user", "content": "Hello"}], max_new_tokens=1)])
 
     def generate(self, conversations: list[Conversation], *, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
                  batch_size: int = 8) -> list[GenerationResult]:
-        def one(conversation: Conversation) -> GenerationResult:
-            return self._one(conversation, max_new_tokens, temperature, top_p, seed)
+        return self.generate_prompts(prompts_for(
+            conversations, max_new_tokens=max_new_tokens, temperature=temperature,
+            top_p=top_p, seed=seed))
 
+    def generate_prompts(self, prompts: list[Prompt], *,
+                         token_budget: int | None = None) -> list[GenerationResult]:
+        """Each prompt is one request with its own parameters, ``concurrency`` at a time;
+        the server batches them (``token_budget`` is the in-process backends' knob)."""
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(one, conversations))
+            return list(pool.map(self._one, prompts))
 
-    def _one(self, conversation: Conversation, max_new_tokens: int, temperature: float,
-             top_p: float, seed: int | None) -> GenerationResult:
-        body: dict[str, Any] = {"model": self.model, "max_tokens": max_new_tokens,
-                                "temperature": temperature, "top_p": top_p}
-        if seed is not None:
-            body["seed"] = seed
+    def _one(self, prompt: Prompt) -> GenerationResult:
+        problem = prompt.problem()
+        if problem is not None:
+            return GenerationResult("", 0, 0, problem)
+        body: dict[str, Any] = {"model": self.model, "max_tokens": prompt.max_new_tokens,
+                                "temperature": prompt.temperature, "top_p": prompt.top_p}
+        if prompt.seed is not None:
+            body["seed"] = prompt.seed
         if self.endpoint == "chat":
-            body["messages"] = conversation
+            body["messages"] = prompt.conversation
             path = "/chat/completions"
         else:
-            body["prompt"] = "\n".join(m["content"] for m in conversation)
+            body["prompt"] = "\n".join(m["content"] for m in prompt.conversation)
             path = "/completions"
         try:
             response = self._send("POST", path, body)
@@ -87,7 +94,8 @@ class OpenAIGenerator:
             text = choice["message"]["content"] if self.endpoint == "chat" else choice["text"]
             usage = response.get("usage") or {}
             return GenerationResult(text or "", int(usage.get("prompt_tokens", 0)),
-                                    int(usage.get("completion_tokens", 0)))
+                                    int(usage.get("completion_tokens", 0)),
+                                    finish_reason=choice.get("finish_reason"))
         except Exception as exc:
             return GenerationResult("", 0, 0, f"{self.base_url}{path}: {_describe(exc)}")
 

@@ -1,36 +1,42 @@
 """Candidate generation with Hugging Face ``generate`` (the backend that needs no vLLM).
 
-Prompts are left-padded so every row's new tokens start at the same column, which lets
-a batch be decoded by slicing; greedy output for a prompt then does not depend on what
-else was in its batch (up to kernel numerics on GPU).
+``generate_prompts`` takes every prompt a worker gathered (many chunks at once), sorts them
+by length and cuts them into sub-batches under a token budget, so padding stays small and
+each ``generate`` call is as full as memory allows. Prompts are left-padded so every row's
+new tokens start at the same column; with ``row_sampling.RowSampler`` each row decodes
+with its own parameters, so a prompt's output does not depend on what else was in its
+batch (up to kernel numerics on GPU), and mixed parameters still share one call.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workers.devices import pick_device, pick_dtype, weights_revision
+from workers.generation.prompts import (
+    Conversation,
+    GenerationResult,
+    Prompt,
+    fit_prompt,
+    prompt_ids,
+    prompts_for,
+)
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-Conversation = list[dict[str, str]]
+__all__ = ["Conversation", "GenerationResult", "Prompt", "TransformersGenerator"]
 
 # Used only when neither the caller nor the model config states a context length.
 _FALLBACK_CONTEXT = 2048
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    error: str | None = None  # per-prompt failure reason; text is "" then
+# Tokens a sub-batch may hold (rows x (padded prompt + new tokens)) when neither the call
+# nor the registry says: a few hundred MB of KV cache for a 0.5B model, and on CPU past
+# the point where larger batches stop paying.
+DEFAULT_TOKEN_BUDGET = 16384
 
 
 class TransformersGenerator:
@@ -41,14 +47,18 @@ class TransformersGenerator:
         device: str | None = None,
         max_context: int | None = None,
         overflow: str = "truncate",
+        token_budget: int | None = None,
     ) -> None:
         if overflow not in ("truncate", "fail"):
             raise ValueError(f"overflow must be 'truncate' or 'fail', got {overflow!r}")
+        if token_budget is not None and token_budget < 1:
+            raise ValueError(f"token_budget must be >= 1, got {token_budget!r}")
         self.path = path
         self.overflow = overflow
         self._revision = revision
         self.device = pick_device(device)
         self.max_context = max_context
+        self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET
         self.model: Any = None
         self.tokenizer: Any = None
 
@@ -73,24 +83,13 @@ class TransformersGenerator:
         self.tokenizer, self.model = tokenizer, model
 
     def warm_up(self) -> None:
-        self.generate([[{"role": "user", "content": "Hello"}]], max_new_tokens=1)
+        self.generate_prompts([Prompt([{"role": "user", "content": "Hello"}], max_new_tokens=1)])
 
     def _context_limit(self) -> int:
         if self.max_context is not None:
             return self.max_context
         limit = getattr(self.model.config, "max_position_embeddings", None)
         return int(limit) if limit else _FALLBACK_CONTEXT
-
-    def _prompt_ids(self, conversation: Conversation) -> list[int]:
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-            # The template already carries bos and role markers.
-            ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
-        else:
-            text = "\n".join(m.get("content", "") for m in conversation)
-            ids = tok(text, verbose=False)["input_ids"]
-        return list(ids)
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -110,73 +109,64 @@ class TransformersGenerator:
         seed: int | None = None,
         batch_size: int = 8,
     ) -> list[GenerationResult]:
-        if self.model is None:
-            self.load()
+        """One set of parameters for every conversation, at most ``batch_size`` a call."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        budget = self._context_limit() - max_new_tokens
-        results: list[GenerationResult | None] = [None] * len(conversations)
-        prompts: list[tuple[int, list[int]]] = []
-        for idx, conv in enumerate(conversations):
+        prompts = prompts_for(conversations, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p, seed=seed)
+        return self._generate(prompts, self.token_budget, max_rows=batch_size)
+
+    def generate_prompts(self, prompts: list[Prompt], *,
+                         token_budget: int | None = None) -> list[GenerationResult]:
+        """One result per prompt, in order; a prompt that cannot run gets its own error."""
+        if token_budget is not None and token_budget < 1:
+            raise ValueError(f"token_budget must be >= 1, got {token_budget!r}")
+        return self._generate(prompts, token_budget or self.token_budget, max_rows=None)
+
+    def _generate(self, prompts: list[Prompt], token_budget: int,
+                  max_rows: int | None) -> list[GenerationResult]:
+        if self.model is None:
+            self.load()
+        context = self._context_limit()
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        ready: list[tuple[int, list[int]]] = []
+        for idx, prompt in enumerate(prompts):
+            problem = prompt.problem()
+            if problem is not None:
+                results[idx] = GenerationResult("", 0, 0, problem)
+                continue
             try:
-                ids = self._prompt_ids(conv)
+                ids = prompt_ids(self.tokenizer, prompt.conversation)
             except Exception as exc:  # a bad template or message must not sink the batch
                 results[idx] = GenerationResult("", 0, 0, f"prompt: {exc}")
                 continue
-            if budget < 1:
-                results[idx] = GenerationResult(
-                    "", 0, 0, f"max_new_tokens {max_new_tokens} leaves no room for the prompt"
-                )
+            fitted, error = fit_prompt(ids, context, prompt.max_new_tokens, self.overflow)
+            if fitted is None:
+                overlong = error is not None and error.endswith("(overflow = fail)")
+                results[idx] = GenerationResult("", len(ids) if overlong else 0, 0, error)
                 continue
-            if len(ids) > budget and self.overflow == "fail":
-                results[idx] = GenerationResult(
-                    "", len(ids), 0,
-                    f"prompt is {len(ids)} tokens; the context leaves room for {budget} "
-                    f"(overflow = fail)")
-                continue
-            # Keep the end: the latest turns and the generation prompt matter most.
-            prompts.append((idx, ids[-budget:]))
-
-        def run(batch: list[list[int]]) -> list[GenerationResult]:
-            return self._run_batch(
-                batch,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=seed,
-            )
-
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            try:
-                outs = run([ids for _, ids in chunk])
-            except Exception as exc:
-                if len(chunk) == 1:
-                    idx, ids = chunk[0]
-                    results[idx] = GenerationResult("", len(ids), 0, f"generate: {exc}")
-                    continue
-                # Find which prompt broke the batch instead of failing all of them.
-                log.warning("batch generate failed, retrying one by one: %s", exc)
-                outs = []
-                for _, ids in chunk:
-                    try:
-                        outs.extend(run([ids]))
-                    except Exception as one_exc:
-                        outs.append(GenerationResult("", len(ids), 0, f"generate: {one_exc}"))
-            for (idx, _), res in zip(chunk, outs, strict=True):
+            ready.append((idx, fitted))
+        ids_of = dict(ready)
+        for batch in _sub_batches(ready, prompts, token_budget, max_rows):
+            for idx, res in zip(batch, self._run_safely(batch, ids_of, prompts), strict=True):
                 results[idx] = res
         return [r if r is not None else GenerationResult("", 0, 0, "not run") for r in results]
 
-    def _run_batch(
-        self,
-        batch: list[list[int]],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-    ) -> list[GenerationResult]:
+    def _run_safely(self, batch: list[int], ids_of: dict[int, list[int]],
+                    prompts: list[Prompt]) -> list[GenerationResult]:
+        try:
+            return self._run_batch([ids_of[i] for i in batch], [prompts[i] for i in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                return [GenerationResult("", len(ids_of[batch[0]]), 0, f"generate: {exc}")]
+            # Find which prompt broke the batch instead of failing all of them.
+            log.warning("batch generate failed, retrying one by one: %s", exc)
+            return [self._run_safely([i], ids_of, prompts)[0] for i in batch]
+
+    def _run_batch(self, batch: list[list[int]], prompts: list[Prompt]) -> list[GenerationResult]:
         import torch
+
+        from workers.generation.row_sampling import RowSampler
 
         pad_id = self.tokenizer.pad_token_id
         width = max(len(ids) for ids in batch)
@@ -186,28 +176,55 @@ class TransformersGenerator:
             if ids:
                 input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention[row, width - len(ids) :] = 1
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id}
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-            if seed is not None:
-                torch.manual_seed(seed)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        eos = self._eos_ids()
+        sampler = RowSampler(prompts, width, min(eos) if eos else None, self.device)
+        # Always greedy for generate itself: RowSampler makes each sampled row's choice.
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max(p.max_new_tokens for p in prompts), "pad_token_id": pad_id,
+            "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if sampler.needed:
+            kwargs["logits_processor"] = [sampler]
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),
                 **kwargs,
             )
-        return self._decode(out[:, width:], batch)
+        return self._decode(out[:, width:], batch, prompts, eos)
 
-    def _decode(self, new_tokens: torch.Tensor, batch: list[list[int]]) -> list[GenerationResult]:
-        eos = self._eos_ids()
+    def _decode(self, new_tokens: torch.Tensor, batch: list[list[int]], prompts: list[Prompt],
+                eos: set[int]) -> list[GenerationResult]:
         results = []
         for row, ids in enumerate(batch):
-            toks = new_tokens[row].tolist()
+            toks = new_tokens[row].tolist()[: prompts[row].max_new_tokens]
             # Rows that finish early are padded (often with eos); count up to the first eos.
-            cut = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))
+            stop = next((k + 1 for k, t in enumerate(toks) if t in eos), None)
+            cut = stop if stop is not None else len(toks)
             text = self.tokenizer.decode(toks[:cut], skip_special_tokens=True)
-            results.append(GenerationResult(text, len(ids), cut))
+            results.append(GenerationResult(text, len(ids), cut,
+                                            finish_reason="stop" if stop else "length"))
         return results
+
+
+def _sub_batches(ready: list[tuple[int, list[int]]], prompts: list[Prompt], token_budget: int,
+                 max_rows: int | None) -> list[list[int]]:
+    """Prompt indices cut into sub-batches, each costing at most ``token_budget`` (rows x
+    (longest prompt + most new tokens), what the KV cache holds at the end), or a single
+    prompt when one alone is over. Sorted by new-token limit, then prompt length: rows of a
+    sub-batch then need about the same padding and the same number of steps."""
+    order = sorted(ready, key=lambda item: (prompts[item[0]].max_new_tokens, len(item[1])))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = steps = 0
+    for idx, ids in order:
+        new_width = max(width, len(ids))
+        new_steps = max(steps, prompts[idx].max_new_tokens)
+        full = max_rows is not None and len(current) >= max_rows
+        if current and (full or (len(current) + 1) * (new_width + new_steps) > token_budget):
+            batches.append(current)
+            current, new_width, new_steps = [], len(ids), prompts[idx].max_new_tokens
+        current.append(idx)
+        width, steps = new_width, new_steps
+    if current:
+        batches.append(current)
+    return batches
