@@ -84,6 +84,14 @@ class ChunkStatus(StrEnum):
 ACTIVE_CHUNK_STATUSES = (ChunkStatus.PENDING, ChunkStatus.DISPATCHED, ChunkStatus.RUNNING)
 
 
+class ChunkStage(StrEnum):
+    """Which stage an active chunk waits on or is in: the sweeper re-publishes that one."""
+
+    GENERATE = "generate"
+    RANK = "rank"
+    FUSE = "fuse"
+
+
 class RequestStatus(StrEnum):
     PENDING = "pending"
     COMPLETED = "completed"
@@ -121,6 +129,9 @@ class Job(SQLModel, table=True):
     total: int = Field(default=0)
     completed: int = Field(default=0)
     failed: int = Field(default=0)
+    # Chunks not yet done or cancelled: each chunk's end moves the counts by its own
+    # requests and this down by one, so finishing costs O(chunk), not O(job).
+    chunks_left: int = Field(default=0)
     errors: list[dict[str, Any]] | None = _json()
     meta: dict[str, Any] | None = Field(
         default=None, sa_column=Column("metadata", JSONType, nullable=True)
@@ -149,6 +160,16 @@ class Chunk(SQLModel, table=True):
     index: int
     # Indexed: the ranking worker looks for running chunks to rank together.
     status: str = Field(default=ChunkStatus.PENDING, max_length=16, index=True)
+    stage: str = Field(default=ChunkStage.GENERATE, max_length=16)
+    # While the chunk is active: until when it is known to be alive. A worker on it renews
+    # this; a message waiting on a queue gets a start bound. Past it, the sweeper acts.
+    lease_until: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True, index=True))
+    # How often the sweeper re-published it (reset by a retry); past the bound it fails.
+    sweeps: int = Field(default=0)
+    # Bumped by every re-publication (sweep or retry): it keys the outbox rows of the new
+    # messages, since the earlier keys are taken.
+    epoch: int = Field(default=0)
     size: int
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()

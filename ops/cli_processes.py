@@ -15,6 +15,10 @@ from ops import context
 from orchestration import dispatcher as relay
 from orchestration.celery_app import FUSE_QUEUE, RANK_QUEUE, declare_dead_letters, gen_queue
 
+# One task at a time either way (concurrency 1), so one copy of the weights per process.
+POOL_HELP = ("Celery pool. threads runs the task in a thread, so the broker connection "
+             "keeps its heartbeat however long a model call takes (README: Long tasks); "
+             "solo runs it inside the consumer loop, which then sends no heartbeat.")
 WORKER_MODULES = ("workers.generation.tasks", "workers.ranking.tasks", "workers.fusion.tasks",
                   "workers.inspect_commands")
 
@@ -115,8 +119,7 @@ def _pin(device: str | None) -> None:
 @click.option("--model", "models", required=True, multiple=True,
               help="Generator name from the registry; repeat it to serve several entries "
                    "from one process (entries with the same weights share one copy).")
-@click.option("--pool", default="solo", show_default=True,
-              help="Celery pool; solo keeps one copy of the weights in the process.")
+@click.option("--pool", default="threads", show_default=True, help=POOL_HELP)
 @replica_options
 def generate(models: tuple[str, ...], pool: str, name: str | None, device: str | None) -> None:
     """Consume gen.MODEL only (one queue per --model)."""
@@ -129,7 +132,8 @@ def generate(models: tuple[str, ...], pool: str, name: str | None, device: str |
             raise click.UsageError(str(exc)) from exc
     names = list(dict.fromkeys(models))
     _start([gen_queue(m) for m in names], [(m, "generator") for m in names], pool,
-           node_name("generate", name), paused=lambda: [gen_queue(m) for m in names if _stored_pause(m)])
+           node_name("generate", name),
+           paused=lambda: [gen_queue(m) for m in names if _stored_pause(m)])
 
 
 def _stored_pause(model: str) -> bool:
@@ -142,7 +146,7 @@ def _stored_pause(model: str) -> bool:
 
 
 @worker.command()
-@click.option("--pool", default="solo", show_default=True)
+@click.option("--pool", default="threads", show_default=True, help=POOL_HELP)
 @replica_options
 def rank(pool: str, name: str | None, device: str | None) -> None:
     """Consume the rank queue."""
@@ -154,7 +158,7 @@ def rank(pool: str, name: str | None, device: str | None) -> None:
 
 
 @worker.command()
-@click.option("--pool", default="solo", show_default=True)
+@click.option("--pool", default="threads", show_default=True, help=POOL_HELP)
 @replica_options
 def fuse(pool: str, name: str | None, device: str | None) -> None:
     """Consume the fuse queue."""

@@ -1,4 +1,4 @@
-"""The canvas that carries one chunk through generate → rank → fuse.
+"""The canvas that carries one chunk through generate → rank, and the later hops.
 
 Tasks are named by string so this module never imports the workers.
 """
@@ -21,18 +21,29 @@ from orchestration.celery_app import (
 
 
 def chunk_canvas(app: Celery, job_id: str, chunk_id: int, models: list[str]) -> Signature:
-    """``chord(group(generate per model), rank) | fuse``, ids only in the messages."""
+    """``chord(group(generate per model), rank)``, ids only in the messages.
+
+    The hop to fuse is not part of the canvas: the rank task writes it to the outbox in
+    the transaction that stores the rankings, so it is as durable as the first publish
+    (a chain would have the rank worker publish it, and a failed publish lose it).
+    """
     ids = {"job_id": job_id, "chunk_id": chunk_id}
     header = group(
         app.signature(GENERATE_TASK, kwargs={**ids, "model": model}, immutable=True,
                       queue=gen_queue(model), routing_key=gen_queue(model))
         for model in models
     )
-    rank = app.signature(RANK_TASK, kwargs=ids, immutable=True, queue=RANK_QUEUE,
-                         routing_key=RANK_QUEUE)
-    fuse = app.signature(FUSE_TASK, kwargs=ids, immutable=True, queue=FUSE_QUEUE,
-                         routing_key=FUSE_QUEUE)
-    return chord(header, rank) | fuse
+    return chord(header, rank_signature(app, job_id, chunk_id))
+
+
+def rank_signature(app: Celery, job_id: str, chunk_id: int) -> Signature:
+    return app.signature(RANK_TASK, kwargs={"job_id": job_id, "chunk_id": chunk_id},
+                         immutable=True, queue=RANK_QUEUE, routing_key=RANK_QUEUE)
+
+
+def fuse_signature(app: Celery, job_id: str, chunk_id: int) -> Signature:
+    return app.signature(FUSE_TASK, kwargs={"job_id": job_id, "chunk_id": chunk_id},
+                         immutable=True, queue=FUSE_QUEUE, routing_key=FUSE_QUEUE)
 
 
 def to_payload(sig: Signature) -> dict[str, Any]:

@@ -94,6 +94,8 @@ def configure(settings: Settings | None = None, *, eager: bool = False) -> Celer
         task_soft_time_limit=max(settings.task_time_limit - 30, 1),
         broker_transport_options={"confirm_publish": True},
         broker_connection_retry_on_startup=True,
+        # Sent by the consumer loop, which the threads pool leaves free while a task runs.
+        broker_heartbeat=settings.broker_heartbeat,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_always_eager=eager,

@@ -29,9 +29,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from db.engine import session_scope
-from db.models import Chord, ChordPart, utcnow
+from db.models import Chord, ChordPart, ChunkStage, utcnow
 from db.writes import insert_ignore
-from orchestration import outbox
+from orchestration import lifecycle, outbox
 from orchestration.canvas import to_payload
 
 log = structlog.get_logger(__name__)
@@ -47,7 +47,8 @@ def set_size(session: Session, group_id: str, size: int) -> None:
 
 def record_part(session: Session, group_id: str, task_id: str, state: str,
                 body: dict[str, Any], job_id: str | None = None,
-                size_hint: int | None = None, chunk_id: int | None = None) -> int | None:
+                size_hint: int | None = None, chunk_id: int | None = None,
+                start_timeout: int = lifecycle.DEFAULT_START_TIMEOUT) -> int | None:
     """Count one header task; returns the outbox id when this part completed the chord."""
     insert_ignore(session, Chord, [{"group_id": group_id, "size": size_hint,
                                     "created_at": utcnow()}])
@@ -64,8 +65,11 @@ def record_part(session: Session, group_id: str, task_id: str, state: str,
     if done < size:
         return None
     # The chunk is kept so the ranking worker can see which chunks wait on its queue.
-    return outbox.add(session, outbox.KIND_SIGNATURE, body, job_id=job_id,
-                      chunk_id=chunk_id, dedup_key=f"chord:{group_id}")
+    outbox_id = outbox.add(session, outbox.KIND_SIGNATURE, body, job_id=job_id,
+                           chunk_id=chunk_id, dedup_key=f"chord:{group_id}")
+    if outbox_id is not None and chunk_id is not None:
+        lifecycle.enter_stage(session, chunk_id, ChunkStage.RANK, start_timeout)
+    return outbox_id
 
 
 def _with_retries(action: Callable[[], int | None], attempts: int = 8,
@@ -123,9 +127,11 @@ class PostgresChordBackend(BaseBackend):
 
     def _record(self, group_id: str, task_id: str, state: str, payload: dict[str, Any],
                 job_id: str | None, hint: int | None, chunk_id: int | None) -> int | None:
+        settings = self.app.conf.blendq_settings
         with session_scope(self._url()) as session:
             return record_part(session, group_id, task_id, state, payload, job_id=job_id,
-                               size_hint=hint, chunk_id=chunk_id)
+                               size_hint=hint, chunk_id=chunk_id,
+                               start_timeout=settings.chunk_start_timeout)
 
     def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
         group_id = request.group
@@ -141,9 +147,6 @@ class PostgresChordBackend(BaseBackend):
         if outbox_id is None:
             return
         log.info("chord.complete", group_id=group_id, outbox_id=outbox_id)
-        try:
-            with session_scope(self._url()) as session:
-                outbox.relay(session, outbox.celery_publisher(self.app), only_id=outbox_id)
-        except Exception:
-            # Queued already; the dispatcher publishes it.
-            log.warning("chord.body_publish_deferred", group_id=group_id, outbox_id=outbox_id)
+        # Queued already; if this publish fails, the dispatcher sends it.
+        outbox.publish_now(self._url(), self.app, [outbox_id],
+                           self.app.conf.blendq_settings.chunk_start_timeout)

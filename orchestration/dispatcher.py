@@ -1,19 +1,21 @@
 """The outbox relay process: publish what committed transactions queued.
 
 LISTEN/NOTIFY only wakes it early; it also polls, so a lost notification costs at most
-``poll_seconds``.
+``poll_seconds``. Every ``sweep_interval`` it also sweeps chunks whose lease lapsed
+(orchestration/sweeper.py) and expires jobs past their window.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 import structlog
 from celery import Celery
 
 from db.engine import libpq_url, session_scope
-from orchestration import lifecycle, outbox
+from orchestration import lifecycle, outbox, sweeper
 from orchestration.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -25,7 +27,8 @@ def relay_all(settings: Settings, app: Celery) -> int:
     total = 0
     while True:
         with session_scope(settings.database_url) as session:
-            handled = outbox.relay(session, publish, limit=settings.dispatcher_batch)
+            handled = outbox.relay(session, publish, limit=settings.dispatcher_batch,
+                                   start_timeout=settings.chunk_start_timeout)
         total += handled
         if handled < settings.dispatcher_batch:
             return total
@@ -35,8 +38,13 @@ def run(settings: Settings, app: Celery, stop: threading.Event,
         poll_seconds: float = 2.0) -> None:
     log.info("dispatcher.started")
     listener: psycopg.Connection | None = None
+    depths = sweeper.broker_depths(settings.broker_url)
+    next_sweep = time.monotonic() + settings.sweep_interval
     while not stop.is_set():
         try:
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + settings.sweep_interval
+                sweeper.sweep(settings, app, depths)
             if listener is None:
                 listener = psycopg.connect(libpq_url(settings.database_url), autocommit=True)
                 listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
@@ -47,7 +55,8 @@ def run(settings: Settings, app: Celery, stop: threading.Event,
             if handled:
                 log.info("dispatcher.relayed", messages=handled)
             # Wait for a wake-up; the generator ends at the timeout with nothing received.
-            for _ in listener.notifies(timeout=poll_seconds, stop_after=1):
+            wait = min(poll_seconds, max(next_sweep - time.monotonic(), 0.05))
+            for _ in listener.notifies(timeout=wait, stop_after=1):
                 pass
         except Exception as exc:  # the database or broker is away: wait and try again
             log.warning("dispatcher.retrying", error=f"{type(exc).__name__}: {exc}")

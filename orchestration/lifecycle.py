@@ -1,12 +1,14 @@
 """Job and chunk states, request counts, cancellation and finalisation.
 
-Lock order, everywhere: the job row, then its chunk rows. Counts are recomputed from the
-request rows rather than incremented, so a stage that runs twice cannot skew them.
+Lock order: the job row, then its chunk rows, except where a running chunk finishes (its
+row, then the job's, at the very end; see finish_chunk). Counts move once per chunk, when
+it closes (running → done happens once under the chunk's lock), by that chunk's requests:
+a stage that runs twice cannot skew them, and a chunk's end costs O(chunk), not O(job).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
@@ -15,6 +17,7 @@ from db.models import (
     ACTIVE_CHUNK_STATUSES,
     TERMINAL_JOB_STATUSES,
     Chunk,
+    ChunkStage,
     ChunkStatus,
     Job,
     JobStatus,
@@ -66,30 +69,57 @@ def lock_job(session: Session, job_id: str) -> Job | None:
     return session.exec(select(Job).where(Job.id == job_id).with_for_update()).one_or_none()
 
 
-def start_chunk(session: Session, chunk_id: int) -> bool:
+# Used when a caller passes no settings: the defaults of orchestration/settings.py.
+DEFAULT_LEASE_SECONDS = 60
+DEFAULT_START_TIMEOUT = 300
+
+
+def start_chunk(session: Session, chunk_id: int,
+                lease_seconds: int = DEFAULT_LEASE_SECONDS) -> bool:
     """Whether a stage should work on this chunk; the first stage to ask starts it.
 
-    A chunk whose job is being cancelled and that no task has started yet is cancelled
-    here instead, which is how "no new chunk starts" holds for chunks already published.
+    Takes only the chunk's row lock, so chunks start while others finish (a finishing chunk
+    holds its job's row). A chunk whose job is being cancelled and that no task has
+    started yet is cancelled here instead, which is how "no new chunk starts" holds for
+    chunks already published; that rarer path locks the job first, as cancelling does.
     """
-    job_id = session.exec(select(Chunk.job_id).where(Chunk.id == chunk_id)).one_or_none()
-    if job_id is None:
+    found = session.exec(select(Chunk.job_id, Chunk.status)
+                         .where(Chunk.id == chunk_id)).one_or_none()
+    if found is None:
         return False
+    job_id, status = found
+    if status in (ChunkStatus.DONE, ChunkStatus.CANCELLED):
+        return False
+    job_status = session.exec(select(Job.status).where(Job.id == job_id)).one()
+    if job_status != JobStatus.IN_PROGRESS and status != ChunkStatus.RUNNING:
+        return _cancel_unstarted(session, job_id, chunk_id)
+    chunk = _lock_chunk(session, chunk_id)
+    if chunk.status in (ChunkStatus.DONE, ChunkStatus.CANCELLED):
+        return False
+    now = utcnow()
+    if chunk.status != ChunkStatus.RUNNING:
+        chunk.status = ChunkStatus.RUNNING
+        chunk.started_at = now
+    chunk.lease_until = now + timedelta(seconds=lease_seconds)
+    session.add(chunk)
+    return True
+
+
+def _lock_chunk(session: Session, chunk_id: int) -> Chunk:
+    return session.exec(select(Chunk).where(Chunk.id == chunk_id).with_for_update()).one()
+
+
+def _cancel_unstarted(session: Session, job_id: str, chunk_id: int) -> bool:
     job = lock_job(session, job_id)
-    chunk = session.exec(select(Chunk).where(Chunk.id == chunk_id).with_for_update()).one()
+    chunk = _lock_chunk(session, chunk_id)
     assert job is not None
     if chunk.status == ChunkStatus.RUNNING:
         return True
-    if chunk.status in (ChunkStatus.DONE, ChunkStatus.CANCELLED):
-        return False
-    if job.status != JobStatus.IN_PROGRESS:
+    if chunk.status in (ChunkStatus.PENDING, ChunkStatus.DISPATCHED):
         _cancel_chunks(session, [chunk])
+        job.chunks_left -= 1
         maybe_finalize(session, job)
-        return False
-    chunk.status = ChunkStatus.RUNNING
-    chunk.started_at = utcnow()
-    session.add(chunk)
-    return True
+    return False
 
 
 def chunk_is_running(session: Session, chunk_id: int) -> bool:
@@ -97,35 +127,66 @@ def chunk_is_running(session: Session, chunk_id: int) -> bool:
     return status == ChunkStatus.RUNNING
 
 
-def finish_chunk(session: Session, chunk_id: int) -> Job | None:
-    """Mark a chunk done once, recount its job and finalise the job if nothing is left."""
-    job_id = session.exec(select(Chunk.job_id).where(Chunk.id == chunk_id)).one_or_none()
-    if job_id is None:
-        return None
-    job = lock_job(session, job_id)
-    assert job is not None
+def enter_stage(session: Session, chunk_id: int, stage: ChunkStage,
+                start_timeout: int = DEFAULT_START_TIMEOUT) -> None:
+    """The chunk now waits on ``stage``'s message, which must start within the bound."""
     session.execute(
         update(Chunk)
-        .where(col(Chunk.id) == chunk_id, col(Chunk.status) == ChunkStatus.RUNNING)
-        .values(status=ChunkStatus.DONE, finished_at=utcnow())
+        .where(col(Chunk.id) == chunk_id, col(Chunk.status).in_(ACTIVE_CHUNK_STATUSES))
+        .values(stage=stage, lease_until=utcnow() + timedelta(seconds=start_timeout))
     )
-    recount(session, job)
-    maybe_finalize(session, job)
-    return job
+
+
+def renew_leases(session: Session, chunk_ids: list[int], seconds: int) -> int:
+    """Extend the leases of running chunks a worker still works on."""
+    if not chunk_ids:
+        return 0
+    result = session.execute(
+        update(Chunk)
+        .where(col(Chunk.id).in_(chunk_ids), col(Chunk.status) == ChunkStatus.RUNNING)
+        .values(lease_until=utcnow() + timedelta(seconds=seconds))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def finish_chunk(session: Session, chunk_id: int) -> Job | None:
+    """Mark a running chunk done once and move its job's counts by its requests.
+
+    Order of locks: the chunk, then the job row, taken by the counter update at the very
+    end, so the job is locked only for the rest of this transaction. Cancelling (job, then
+    chunks not yet running) never waits on a running chunk, so the two cannot deadlock.
+    """
+    chunk = session.exec(select(Chunk).where(Chunk.id == chunk_id)
+                         .with_for_update()).one_or_none()
+    if chunk is None:
+        return None
+    if chunk.status != ChunkStatus.RUNNING:
+        return session.get(Job, chunk.job_id)
+    chunk.status = ChunkStatus.DONE
+    chunk.finished_at = utcnow()
+    chunk.lease_until = None
+    session.add(chunk)
+    session.flush()
+    return _count_closed(session, chunk.job_id, [chunk_id])
 
 
 def abandon_chunk(session: Session, chunk_id: int, reason: str) -> None:
-    """A chunk whose work cannot be sent: its open requests fail, the job goes on."""
+    """A chunk whose work cannot go on: its open requests fail, the job goes on.
+
+    Any active chunk may be abandoned (a purged or stalled one may not have started), so
+    this takes the job's lock first, in the order cancelling uses.
+    """
     job_id = session.exec(select(Chunk.job_id).where(Chunk.id == chunk_id)).one_or_none()
     if job_id is None:
         return
     job = lock_job(session, job_id)
-    chunk = session.exec(select(Chunk).where(Chunk.id == chunk_id).with_for_update()).one()
+    chunk = _lock_chunk(session, chunk_id)
     assert job is not None
-    if chunk.status in (ChunkStatus.DONE, ChunkStatus.CANCELLED):
+    if chunk.status not in ACTIVE_CHUNK_STATUSES:
         return
     chunk.status = ChunkStatus.DONE
     chunk.finished_at = utcnow()
+    chunk.lease_until = None
     session.add(chunk)
     session.execute(
         update(Request)
@@ -133,11 +194,33 @@ def abandon_chunk(session: Session, chunk_id: int, reason: str) -> None:
         .values(status=RequestStatus.FAILED, error=reason)
     )
     session.flush()
-    recount(session, job)
-    maybe_finalize(session, job)
+    _count_closed(session, job_id, [chunk_id])
+
+
+def _count_closed(session: Session, job_id: str, chunk_ids: list[int]) -> Job | None:
+    """Add the outcome of chunks that just closed to their job: O(chunk) reads, one update
+    of the job row (atomic, so concurrent chunk ends cannot lose a count)."""
+    rows = session.exec(
+        select(Request.status, func.count()).where(col(Request.chunk_id).in_(chunk_ids))
+        .group_by(Request.status)
+    ).all()
+    by_status = dict(rows)
+    session.execute(
+        update(Job).where(col(Job.id) == job_id).values(
+            completed=col(Job.completed) + by_status.get(RequestStatus.COMPLETED, 0),
+            failed=col(Job.failed) + by_status.get(RequestStatus.FAILED, 0),
+            chunks_left=col(Job.chunks_left) - len(chunk_ids),
+        )
+    )
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is not None:
+        maybe_finalize(session, job)
+    return job
 
 
 def recount(session: Session, job: Job) -> None:
+    """Recompute the job's counts from its rows: a repair (``jobs recount``) and what a
+    retry does; the pipeline itself only moves counts by each chunk's outcome."""
     rows = session.exec(
         select(Request.status, func.count()).where(Request.job_id == job.id)
         .group_by(Request.status)
@@ -146,6 +229,10 @@ def recount(session: Session, job: Job) -> None:
     job.total = sum(by_status.values())
     job.completed = by_status.get(RequestStatus.COMPLETED, 0)
     job.failed = by_status.get(RequestStatus.FAILED, 0)
+    job.chunks_left = session.exec(
+        select(func.count()).select_from(Chunk)
+        .where(Chunk.job_id == job.id, col(Chunk.status).in_(ACTIVE_CHUNK_STATUSES))
+    ).one()
     session.add(job)
 
 
@@ -153,13 +240,8 @@ def maybe_finalize(session: Session, job: Job) -> None:
     """Close the job when none of its chunks can still run (the caller holds its lock)."""
     if job.status not in (JobStatus.IN_PROGRESS, JobStatus.CANCELLING):
         return
-    active = session.exec(
-        select(func.count()).select_from(Chunk)
-        .where(Chunk.job_id == job.id, col(Chunk.status).in_(ACTIVE_CHUNK_STATUSES))
-    ).one()
-    if active:
+    if job.chunks_left > 0:
         return
-    recount(session, job)
     now = utcnow()
     if job.status == JobStatus.CANCELLING:
         transition(job, JobStatus.CANCELLED, now)
@@ -177,7 +259,7 @@ def cancel_job(session: Session, job_id: str) -> Job | None:
     if JobStatus(job.status) in TERMINAL_JOB_STATUSES or job.status == JobStatus.CANCELLING:
         return job
     transition(job, JobStatus.CANCELLING)
-    _stop_unstarted(session, job_id, "job cancelled before this chunk started")
+    job.chunks_left -= _stop_unstarted(session, job_id, "job cancelled before this chunk started")
     maybe_finalize(session, job)
     return job
 
@@ -199,14 +281,15 @@ def expire_due_jobs(session: Session, now: datetime | None = None) -> list[str]:
         if job is None or job.status != JobStatus.IN_PROGRESS:
             continue
         transition(job, JobStatus.EXPIRED, now)
-        _stop_unstarted(session, job_id, "job expired before this chunk started")
-        recount(session, job)
+        job.chunks_left -= _stop_unstarted(session, job_id, "job expired before this chunk started")
+        session.add(job)
         expired.append(job_id)
     return expired
 
 
-def _stop_unstarted(session: Session, job_id: str, reason: str) -> None:
-    """Drop the job's unpublished canvases and cancel every chunk no task has started."""
+def _stop_unstarted(session: Session, job_id: str, reason: str) -> int:
+    """Drop the job's unpublished canvases and cancel every chunk no task has started;
+    returns how many chunks it cancelled."""
     session.execute(
         update(Outbox)
         .where(col(Outbox.job_id) == job_id, col(Outbox.status) == OutboxStatus.PENDING,
@@ -220,6 +303,7 @@ def _stop_unstarted(session: Session, job_id: str, reason: str) -> None:
         ).with_for_update()
     ).all()
     _cancel_chunks(session, list(waiting), reason)
+    return len(waiting)
 
 
 def _cancel_chunks(session: Session, chunks: list[Chunk],
@@ -230,6 +314,7 @@ def _cancel_chunks(session: Session, chunks: list[Chunk],
     for chunk in chunks:
         chunk.status = ChunkStatus.CANCELLED
         chunk.finished_at = now
+        chunk.lease_until = None
         session.add(chunk)
     session.execute(
         update(Request)

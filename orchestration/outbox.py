@@ -8,7 +8,8 @@ commit publishes the row again: delivery is at least once, and every task is ide
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 import kombu.exceptions
@@ -17,8 +18,17 @@ from celery import Celery
 from sqlalchemy import text, update
 from sqlmodel import Session, col, select
 
-from db.engine import is_postgres
-from db.models import Chunk, ChunkStatus, Job, JobStatus, Outbox, OutboxStatus, utcnow
+from db.engine import is_postgres, session_scope
+from db.models import (
+    Chunk,
+    ChunkStage,
+    ChunkStatus,
+    Job,
+    JobStatus,
+    Outbox,
+    OutboxStatus,
+    utcnow,
+)
 from db.writes import insert_ignore
 from orchestration import lifecycle
 from orchestration.canvas import from_payload
@@ -56,7 +66,8 @@ def celery_publisher(app: Celery) -> Publisher:
 
 
 def relay(session: Session, publish: Publisher, *, limit: int = 100,
-          only_id: int | None = None) -> int:
+          only_id: int | None = None,
+          start_timeout: int = lifecycle.DEFAULT_START_TIMEOUT) -> int:
     """Publish up to ``limit`` pending rows; returns how many left the pending state.
 
     A failed publish is recorded on its row (attempts, last_error) and never raised, so the
@@ -73,7 +84,7 @@ def relay(session: Session, publish: Publisher, *, limit: int = 100,
     handled = 0
     for row in rows:
         try:
-            _relay_row(session, row, publish)
+            _relay_row(session, row, publish, start_timeout)
         except BROKER_DOWN:
             break
         except Exception:
@@ -82,7 +93,24 @@ def relay(session: Session, publish: Publisher, *, limit: int = 100,
     return handled
 
 
-def _relay_row(session: Session, row: Outbox, publish: Publisher) -> None:
+def publish_now(database_url: str, app: Celery, outbox_ids: Iterable[int | None],
+                start_timeout: int = lifecycle.DEFAULT_START_TIMEOUT) -> None:
+    """Publish rows a task just committed, each in its own transaction, without waiting
+    for the dispatcher; a row that cannot go now stays pending and the dispatcher sends
+    it (the hop is durable either way)."""
+    for outbox_id in outbox_ids:
+        if outbox_id is None:
+            continue
+        try:
+            with session_scope(database_url) as session:
+                relay(session, celery_publisher(app), only_id=outbox_id,
+                      start_timeout=start_timeout)
+        except Exception as exc:
+            log.warning("outbox.publish_deferred", outbox_id=outbox_id,
+                        error=f"{type(exc).__name__}: {exc}")
+
+
+def _relay_row(session: Session, row: Outbox, publish: Publisher, start_timeout: int) -> None:
     if row.kind == KIND_CANVAS and row.job_id is not None:
         status = session.exec(select(Job.status).where(Job.id == row.job_id)).one_or_none()
         if status != JobStatus.IN_PROGRESS:
@@ -110,10 +138,12 @@ def _relay_row(session: Session, row: Outbox, publish: Publisher) -> None:
     row.published_at = utcnow()
     session.add(row)
     if row.kind == KIND_CANVAS and row.chunk_id is not None:
+        # Published: its first task must start within the bound (the sweeper's watch).
         session.execute(
             update(Chunk)
             .where(col(Chunk.id) == row.chunk_id, col(Chunk.status) == ChunkStatus.PENDING)
-            .values(status=ChunkStatus.DISPATCHED)
+            .values(status=ChunkStatus.DISPATCHED, stage=ChunkStage.GENERATE,
+                    lease_until=utcnow() + timedelta(seconds=start_timeout))
         )
     log.debug("outbox.sent", outbox_id=row.id, kind=row.kind, chunk_id=row.chunk_id)
 
@@ -121,6 +151,9 @@ def _relay_row(session: Session, row: Outbox, publish: Publisher) -> None:
 def _give_up(session: Session, row: Outbox) -> None:
     row.status = OutboxStatus.FAILED
     log.error("outbox.given_up", outbox_id=row.id, chunk_id=row.chunk_id, error=row.last_error)
-    if row.chunk_id is not None:
+    # A canvas that never went out leaves its chunk pending: nothing else would end it.
+    # A later hop (rank, fuse) is left to the sweeper, which re-publishes it and fails the
+    # chunk only after its own bound: its requests may already have their ranking.
+    if row.chunk_id is not None and row.kind == KIND_CANVAS:
         lifecycle.abandon_chunk(session, row.chunk_id,
                                 f"its work could not be published: {row.last_error}")

@@ -33,6 +33,7 @@ from db.models import (
     TERMINAL_JOB_STATUSES,
     Candidate,
     Chunk,
+    ChunkStage,
     ChunkStatus,
     Fusion,
     Job,
@@ -73,7 +74,8 @@ def retry_failed(session: Session, app: Celery, job_id: str) -> dict[str, Any]:
         status=RequestStatus.PENDING, error=None, chosen_candidate_id=None, fused_output=None,
         completed_at=None))
     session.execute(update(Chunk).where(col(Chunk.id).in_(chunk_ids)).values(
-        status=ChunkStatus.PENDING, started_at=None, finished_at=None))
+        status=ChunkStatus.PENDING, started_at=None, finished_at=None, lease_until=None,
+        stage=ChunkStage.GENERATE, sweeps=0, epoch=col(Chunk.epoch) + 1))
     now = utcnow()
     meta = dict(job.meta or {})
     retries = [*meta.get("retries", []), {"at": now.isoformat(), "requests": len(request_ids)}]

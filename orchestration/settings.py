@@ -42,6 +42,24 @@ class Settings(BaseSettings):
     # rank message waits on the queue (one packed set of batches instead of several
     # half-full ones); their own messages then find the work stored. 0 turns it off.
     rank_gather_chunks: int = Field(default=8, ge=0)
+    # The same for generation: a generate task takes, with its own chunk, up to this many
+    # chunks of the same model waiting on its queue, as one backend call bounded by
+    # gen_token_budget (prompt plus new tokens, summed over the call). 0 turns it off.
+    gen_gather_chunks: int = Field(default=16, ge=0)
+    gen_token_budget: int = Field(default=65_536, ge=256)
+    # Liveness (README: Liveness). A worker renews the lease of each chunk it works on every
+    # third of chunk_lease_seconds; a published message must start within
+    # chunk_start_timeout while its queue is empty (a message can wait for ever behind
+    # others or on a paused queue). The dispatcher sweeps every sweep_interval seconds and
+    # re-publishes a lapsed chunk's stage at most chunk_max_sweeps times, then fails its
+    # open requests so the job ends.
+    chunk_lease_seconds: int = Field(default=60, ge=3)
+    chunk_start_timeout: int = Field(default=300, ge=1)
+    chunk_max_sweeps: int = Field(default=3, ge=0)
+    sweep_interval: float = Field(default=15.0, gt=0)
+    # AMQP heartbeat in seconds (0 turns it off). Workers run tasks in a thread of their
+    # own (the threads pool), so the connection keeps beating while a task runs for hours.
+    broker_heartbeat: int = Field(default=60, ge=0)
     # Threads torch uses in a worker process. Unset: torch's default (one per core), right
     # for one worker per machine; several CPU workers on one machine should share the cores
     # (e.g. cores / workers) instead of each taking all of them.

@@ -167,6 +167,7 @@ def _store_requests(session: Session, app: Celery, job: Job, validation: Validat
              "messages": p.messages, "params": p.params, "status": RequestStatus.PENDING}
             for p in part
         ])
+        job.chunks_left += 1
         canvas = chunk_canvas(app, job.id, chunk.id, options.models)
         outbox.add(session, outbox.KIND_CANVAS, to_payload(canvas), job_id=job.id,
                    chunk_id=chunk.id, dedup_key=f"chunk:{chunk.id}")

@@ -14,7 +14,9 @@ from orchestration import lifecycle
 from orchestration.celery_app import FUSE_TASK, app
 from orchestration.registry import RegistryError, get_registry
 from orchestration.settings import Settings
+from workers import leases
 from workers.base import BlendqTask
+from workers.deadline import Deadline, DeadlineExceeded
 from workers.model_store import ModelLoadError, get_model, revision_of
 from workers.stage_io import candidates_by_request, fail_requests, open_requests, storable
 
@@ -24,6 +26,7 @@ DEFAULT_FUSION = {"num_beams": 4, "max_new_tokens": 128}
 
 
 def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]:
+    deadline = Deadline(settings.task_time_limit)
     url = settings.database_url
     with session_scope(url) as session:
         if not lifecycle.chunk_is_running(session, chunk_id):
@@ -35,8 +38,12 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         top = _top_candidates(session, requests, job.top_k)
     ready = [r for r in requests if top.get(r.id or 0)]
     try:
-        fuser_name, revision, params, outputs = _fuse(settings, job, ready, top)
+        with leases.holding(settings, [chunk_id]):
+            fuser_name, revision, params, outputs = deadline.run(
+                "fusion", lambda: _fuse(settings, job, ready, top))
         failure = None
+    except DeadlineExceeded as exc:
+        failure = str(exc)
     except (RegistryError, ModelLoadError) as exc:
         failure = f"fusion: {exc}"
     except Exception as exc:

@@ -1,4 +1,5 @@
-"""The generation stage: one task per (chunk, model) on the queue gen.<model>."""
+"""The generation stage: one task per (chunk, model) on the queue gen.<model>, which
+gathers further chunks of the same model waiting on that queue into one backend call."""
 
 from __future__ import annotations
 
@@ -6,16 +7,27 @@ import time
 from typing import Any
 
 import structlog
+from sqlalchemy import text
 from sqlmodel import col, select
 
 from db.engine import session_scope
-from db.models import Candidate, Request, utcnow
+from db.models import (
+    Candidate,
+    ChunkStage,
+    ChunkStatus,
+    JobStatus,
+    Request,
+    RequestStatus,
+    utcnow,
+)
 from db.writes import insert_ignore
 from orchestration import lifecycle
 from orchestration.celery_app import GENERATE_TASK, app
 from orchestration.registry import ModelEntry, RegistryError, get_registry
 from orchestration.settings import Settings
-from workers.base import BlendqTask
+from workers import claims, leases
+from workers.base import TRANSIENT_ERRORS, BlendqTask
+from workers.deadline import Deadline, DeadlineExceeded
 from workers.model_store import ModelLoadError, get_model, revision_of
 from workers.stage_io import open_requests, storable
 
@@ -40,31 +52,119 @@ def effective_params(entry: ModelEntry, request: Request) -> dict[str, Any]:
     return merged
 
 
-def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str) -> dict[str, int]:
+GEN_WAITING = text(f"""
+SELECT c.id FROM chunk c JOIN job j ON j.id = c.job_id
+WHERE c.status IN ('{ChunkStatus.DISPATCHED}', '{ChunkStatus.RUNNING}')
+  AND c.stage = '{ChunkStage.GENERATE}' AND c.id <> :own
+  AND j.status = '{JobStatus.IN_PROGRESS}'
+  AND j.models @> jsonb_build_array(CAST(:model AS text))
+  AND EXISTS (SELECT 1 FROM request r WHERE r.chunk_id = c.id
+              AND r.status = '{RequestStatus.PENDING}'
+              AND NOT EXISTS (SELECT 1 FROM candidate k
+                              WHERE k.request_id = r.id AND k.model = :model))
+ORDER BY c.id
+LIMIT :look
+""")
+
+
+def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
+                   deadline: Deadline | None = None) -> dict[str, int]:
+    """Generate ``model``'s candidates for the chunk and, in the same backend call, for
+    up to ``gen_gather_chunks`` further chunks waiting on gen.<model> (workers/claims.py),
+    within ``gen_token_budget``. Rows are written per chunk; the gathered chunks' own
+    messages find them stored and only count their chord part."""
+    deadline = deadline or Deadline(settings.task_time_limit)
     url = settings.database_url
     with session_scope(url) as session:
-        if not lifecycle.start_chunk(session, chunk_id):
+        if not lifecycle.start_chunk(session, chunk_id, settings.chunk_lease_seconds):
             log.info("generate.skipped", model=model)
-            return {"generated": 0, "failed": 0}
-        waiting = open_requests(session, chunk_id)
-        # A redelivered task generates only what its first run did not store.
-        done = set(session.exec(
-            select(Candidate.request_id).where(
-                Candidate.model == model,
-                col(Candidate.request_id).in_([r.id for r in waiting]))
-        ).all())
-        todo = [r for r in waiting if r.id not in done]
-    if not todo:
-        return {"generated": 0, "failed": 0}
-    rows = _generate(settings, model, todo)
-    with session_scope(url) as session:
-        insert_ignore(session, Candidate, rows)
+            return {"generated": 0, "failed": 0, "chunks": 0}
+    with claims.claim_chunks(url, claims.namespace(f"gen:{model}"), chunk_id, GEN_WAITING,
+                             {"model": model}, settings.gen_gather_chunks) as claimed:
+        started = [chunk_id, *_start_gathered(settings, claimed[1:])]
+        with leases.holding(settings, started):
+            work = _gather_work(settings, model, started)
+            if not work:
+                return {"generated": 0, "failed": 0, "chunks": 0}
+            rows = _generate(settings, model, [r for _, todo in work for r in todo], deadline)
+            return _store(url, chunk_id, model, work, rows)
+
+
+def _start_gathered(settings: Settings, chunk_ids: list[int]) -> list[int]:
+    started = []
+    for other in chunk_ids:
+        with session_scope(settings.database_url) as session:
+            if lifecycle.start_chunk(session, other, settings.chunk_lease_seconds):
+                started.append(other)
+    return started
+
+
+def _gather_work(settings: Settings, model: str,
+                 chunk_ids: list[int]) -> list[tuple[int, list[Request]]]:
+    """Each chunk's requests still without a candidate of ``model``; the own chunk (first)
+    always, further chunks while the token estimate stays within the budget."""
+    work: list[tuple[int, list[Request]]] = []
+    spent = 0
+    with session_scope(settings.database_url) as session:
+        entry_params = _entry_params(settings, model)
+        for chunk_id in chunk_ids:
+            waiting = open_requests(session, chunk_id)
+            # A redelivered task generates only what its first run did not store.
+            done = set(session.exec(
+                select(Candidate.request_id).where(
+                    Candidate.model == model,
+                    col(Candidate.request_id).in_([r.id for r in waiting]))
+            ).all())
+            todo = [r for r in waiting if r.id not in done]
+            cost = sum(_token_estimate(r, entry_params) for r in todo)
+            if work and spent + cost > settings.gen_token_budget:
+                break
+            spent += cost
+            if todo:
+                work.append((chunk_id, todo))
+    if len(work) > 1:
+        log.info("generate.gathered", model=model, chunks=[c for c, _ in work],
+                 requests=sum(len(t) for _, t in work), token_estimate=spent)
+    return work
+
+
+def _entry_params(settings: Settings, model: str) -> dict[str, Any]:
+    try:
+        return dict(get_registry(settings.registry_path).get(model, "generator").params)
+    except RegistryError:
+        return {}
+
+
+def _token_estimate(request: Request, entry_params: dict[str, Any]) -> int:
+    """Prompt tokens (about four characters each) plus the new tokens asked for."""
+    chars = sum(len(m["content"]) for m in conversation(request))
+    new = request.params.get("max_new_tokens", entry_params.get(
+        "max_new_tokens", DEFAULT_PARAMS["max_new_tokens"]))
+    return chars // 4 + int(new)
+
+
+def _store(url: str, own: int, model: str, work: list[tuple[int, list[Request]]],
+           rows: list[dict[str, Any]]) -> dict[str, int]:
+    """One transaction per chunk, the own chunk's last: a gathered chunk that cannot be
+    written is left to its own message; the own chunk's failure retries this task."""
+    by_request = {row["request_id"]: row for row in rows}
+    ordered = sorted(work, key=lambda item: item[0] == own)
+    for chunk_id, todo in ordered:
+        try:
+            with session_scope(url) as session:
+                insert_ignore(session, Candidate, [by_request[r.id] for r in todo])
+        except TRANSIENT_ERRORS:
+            if chunk_id == own:
+                raise
+            log.warning("generate.gathered_write_deferred", chunk=chunk_id, model=model)
     failed = sum(1 for r in rows if not r["ok"])
-    log.info("generate.done", model=model, generated=len(rows) - failed, failed=failed)
-    return {"generated": len(rows) - failed, "failed": failed}
+    log.info("generate.done", model=model, generated=len(rows) - failed, failed=failed,
+             chunks=len(work))
+    return {"generated": len(rows) - failed, "failed": failed, "chunks": len(work)}
 
 
-def _generate(settings: Settings, model: str, requests: list[Request]) -> list[dict[str, Any]]:
+def _generate(settings: Settings, model: str, requests: list[Request],
+              deadline: Deadline) -> list[dict[str, Any]]:
     try:
         entry = get_registry(settings.registry_path).get(model, "generator")
         generator = get_model(entry, settings)
@@ -72,30 +172,35 @@ def _generate(settings: Settings, model: str, requests: list[Request]) -> list[d
         log.warning("generate.model_unavailable", model=model, error=str(exc))
         return [_row(r, model, "", {}, error=str(exc)) for r in requests]
     revision = revision_of(generator, entry)
-    groups: dict[tuple[Any, ...], list[Request]] = {}
-    for request in requests:
-        params = effective_params(entry, request)
-        groups.setdefault(tuple(sorted(params.items())), []).append(request)
-    rows: list[dict[str, Any]] = []
-    for key, members in groups.items():
-        params = dict(key)
-        started = time.perf_counter()
-        try:
-            results = generator.generate([conversation(r) for r in members],
-                                         batch_size=int(entry.params.get("batch_size", 8)),
-                                         **params)
-        except Exception as exc:
-            # A failing batch fails its requests, not the chunk: the job goes on.
-            log.exception("generate.batch_failed", model=model)
-            reason = f"generation failed: {type(exc).__name__}: {exc}"
-            rows.extend(_row(r, model, revision, params, error=reason) for r in members)
-            continue
-        latency = (time.perf_counter() - started) * 1000 / max(len(members), 1)
-        for request, result in zip(members, results, strict=True):
-            rows.append(_row(request, model, revision, params, error=result.error,
-                             text=result.text, prompt_tokens=result.prompt_tokens,
-                             completion_tokens=result.completion_tokens, latency_ms=latency))
-    return rows
+    params = [effective_params(entry, r) for r in requests]
+    budget = int(entry.params.get("token_budget", settings.gen_token_budget))
+    started = time.perf_counter()
+    try:
+        results = deadline.run("generation", lambda: _call_backend(
+            generator, [conversation(r) for r in requests], params, budget))
+    except DeadlineExceeded as exc:
+        return [_row(r, model, revision, p, error=str(exc))
+                for r, p in zip(requests, params, strict=True)]
+    except Exception as exc:
+        # A failing call fails its requests, not the task: the job goes on.
+        log.exception("generate.batch_failed", model=model)
+        reason = f"generation failed: {type(exc).__name__}: {exc}"
+        return [_row(r, model, revision, p, error=reason)
+                for r, p in zip(requests, params, strict=True)]
+    latency = (time.perf_counter() - started) * 1000 / max(len(requests), 1)
+    return [_row(request, model, revision, p, error=result.error, text=result.text,
+                 prompt_tokens=result.prompt_tokens,
+                 completion_tokens=result.completion_tokens, latency_ms=latency)
+            for request, p, result in zip(requests, params, results, strict=True)]
+
+
+def _call_backend(generator: Any, conversations: list[list[dict[str, str]]],
+                  params: list[dict[str, Any]], budget: int) -> list[Any]:
+    """All prompts in one backend call, each with its own decoding parameters."""
+    from workers.generation.prompts import Prompt
+
+    prompts = [Prompt(conversation=c, **p) for c, p in zip(conversations, params, strict=True)]
+    return list(generator.generate_prompts(prompts, token_budget=budget))
 
 
 def _row(request: Request, model: str, revision: str, params: dict[str, Any], *,

@@ -8,13 +8,26 @@ import structlog
 from sqlmodel import Session, col, select
 
 from db.engine import session_scope
-from db.models import Candidate, Comparison, Job, Ranking, Request, utcnow
+from db.models import (
+    Candidate,
+    Chunk,
+    ChunkStage,
+    ChunkStatus,
+    Comparison,
+    Job,
+    Ranking,
+    Request,
+    utcnow,
+)
 from db.writes import copy_insert_ignore, insert_ignore
-from orchestration import lifecycle
+from orchestration import lifecycle, outbox
+from orchestration.canvas import fuse_signature, to_payload
 from orchestration.celery_app import RANK_TASK, app
 from orchestration.registry import RegistryError, get_registry
 from orchestration.settings import Settings
+from workers import leases
 from workers.base import TRANSIENT_ERRORS, BlendqTask
+from workers.deadline import Deadline, DeadlineExceeded
 from workers.model_store import ModelLoadError, get_model, revision_of
 from workers.ranking.batching import DEFAULT_BATCH_COST, DEFAULT_TOKEN_BUDGET
 from workers.ranking.gathering import claim_chunks
@@ -24,7 +37,8 @@ from workers.stage_io import candidates_by_request, fail_requests, open_requests
 log = structlog.get_logger(__name__)
 
 
-def rank_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]:
+def rank_chunk(settings: Settings, job_id: str, chunk_id: int,
+               deadline: Deadline | None = None) -> dict[str, int]:
     url = settings.database_url
     with session_scope(url) as session:
         if not lifecycle.chunk_is_running(session, chunk_id):
@@ -33,13 +47,40 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         job = session.get(Job, job_id)
         assert job is not None and job.ranker is not None
         ranker_name = job.ranker
-    with claim_chunks(url, chunk_id, ranker_name, settings.rank_gather_chunks) as chunk_ids:
-        return _rank_chunks(settings, ranker_name, chunk_ids)
+    deadline = deadline or Deadline(settings.task_time_limit)
+    with claim_chunks(url, chunk_id, ranker_name, settings.rank_gather_chunks) as chunk_ids, \
+            leases.holding(settings, chunk_ids):
+        return _rank_chunks(settings, ranker_name, chunk_ids, deadline)
 
 
-def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int]) -> dict[str, int]:
+def _queue_fusion(session: Session, settings: Settings, chunk_ids: list[int]) -> list[int]:
+    """The hop to fuse, written in the caller's transaction (the one that stores the
+    rankings), so it is as durable as the first publish; returns the new outbox ids."""
+    queued = []
+    for chunk_id in chunk_ids:
+        chunk = session.get(Chunk, chunk_id)
+        if chunk is None or chunk.status != ChunkStatus.RUNNING:
+            continue
+        payload = to_payload(fuse_signature(app, chunk.job_id, chunk_id))
+        outbox_id = outbox.add(session, outbox.KIND_SIGNATURE, payload, job_id=chunk.job_id,
+                               chunk_id=chunk_id, dedup_key=f"fuse:{chunk_id}:{chunk.epoch}")
+        if outbox_id is not None:
+            lifecycle.enter_stage(session, chunk_id, ChunkStage.FUSE,
+                                  settings.chunk_start_timeout)
+            queued.append(outbox_id)
+    return queued
+
+
+def _send_fusion(settings: Settings, queued: list[int]) -> None:
+    outbox.publish_now(settings.database_url, app, queued, settings.chunk_start_timeout)
+
+
+def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
+                 deadline: Deadline) -> dict[str, int]:
     """Rank the open requests of ``chunk_ids`` (all of jobs using ``ranker_name``) as one
-    set of packed batches; each request keeps its own job's strategy and aggregation."""
+    set of packed batches; each request keeps its own job's strategy and aggregation.
+    Every chunk it looked at then moves on to fusion (failed requests too: fusion is what
+    finishes a chunk)."""
     url = settings.database_url
     with session_scope(url) as session:
         running = [c for c in chunk_ids if lifecycle.chunk_is_running(session, c)]
@@ -52,13 +93,13 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int]) -> 
             fail_requests(session, [request], _no_candidates_reason(by_request[request.id or 0]))
     rankable = [r for r in requests if r not in empty]
     if not rankable:
-        return {"ranked": 0, "comparisons": 0, "chunks": len(running)}
+        return _give_up(settings, [], "", running)
     job_of = {r.id or 0: jobs[r.job_id] for r in rankable}
     try:
         entry = get_registry(settings.registry_path).get(ranker_name, "ranker")
         ranker = get_model(entry, settings)
     except (RegistryError, ModelLoadError) as exc:
-        return _give_up(url, rankable, f"ranking: {exc}")
+        return _give_up(settings, rankable, f"ranking: {exc}", running)
     revision = revision_of(ranker, entry)
     with session_scope(url) as session:
         stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
@@ -103,16 +144,19 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int]) -> 
         return results
 
     try:
-        tops = run_plans(plans, compare, known={
-            rid: _by_index(cands, stored) for rid, cands in cands_of.items()})
+        tops = deadline.run("ranking", lambda: run_plans(plans, compare, known={
+            rid: _by_index(cands, stored) for rid, cands in cands_of.items()}))
     except TRANSIENT_ERRORS:
         # Each batch is stored as it finishes, so the database going away lands here too;
         # the task retries it (BlendqTask). Failing the requests instead would make a
         # database restart fail them for good whenever it was back by _give_up.
         raise
+    except DeadlineExceeded as exc:
+        return _give_up(settings, rankable, str(exc), running)
     except Exception as exc:
         log.exception("rank.failed")
-        return _give_up(url, rankable, f"ranking failed: {type(exc).__name__}: {exc}")
+        return _give_up(settings, rankable, f"ranking failed: {type(exc).__name__}: {exc}",
+                        running)
     with session_scope(url) as session:
         # Score from what is stored, so a redelivery ranks from the same numbers.
         stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
@@ -120,6 +164,8 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int]) -> 
             rid = request.id or 0
             _store_ranking(session, request, cands_of[rid], tops[rid], stored, job_of[rid],
                            revision)
+        queued = _queue_fusion(session, settings, running)
+    _send_fusion(settings, queued)
     log.info("rank.done", requests=len(rankable), comparisons=written, revision=revision,
              chunks=running)
     return {"ranked": len(rankable), "comparisons": written, "chunks": len(running)}
@@ -132,11 +178,15 @@ def _by_index(cands: list[Candidate], stored: dict[tuple[int, int], float]) -> d
             if a in index and b in index}
 
 
-def _give_up(url: str, requests: list[Request], reason: str) -> dict[str, int]:
-    """Fail the requests so the chunk can still finish; fusion skips failed requests."""
-    with session_scope(url) as session:
+def _give_up(settings: Settings, requests: list[Request], reason: str,
+             chunk_ids: list[int]) -> dict[str, int]:
+    """Fail the requests and pass the chunks on: fusion skips failed requests and
+    finishes the chunks."""
+    with session_scope(settings.database_url) as session:
         fail_requests(session, [session.merge(r) for r in requests], reason)
-    return {"ranked": 0, "comparisons": 0}
+        queued = _queue_fusion(session, settings, chunk_ids)
+    _send_fusion(settings, queued)
+    return {"ranked": 0, "comparisons": 0, "chunks": len(chunk_ids)}
 
 
 def _usable(candidates: list[Candidate]) -> list[Candidate]:

@@ -1,5 +1,6 @@
-"""chunk_canvas: chord(group(generate per model), rank) | fuse, ids only, and a payload that
-survives the outbox's JSON column unchanged."""
+"""chunk_canvas: chord(group(generate per model), rank), ids only, and a payload that
+survives the outbox's JSON column unchanged; the fuse hop is a signature of its own that
+the rank task writes to the outbox."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from celery.canvas import Signature, _chain, _chord
+from celery.canvas import Signature, _chord
 
-from orchestration.canvas import chunk_canvas, from_payload, to_payload
+from orchestration.canvas import chunk_canvas, from_payload, fuse_signature, to_payload
 from orchestration.celery_app import FUSE_TASK, GENERATE_TASK, RANK_TASK
 
 MODELS = ["tiny-a", "tiny-b", "qwen2.5-0.5b"]
@@ -21,8 +22,10 @@ def parts(canvas: Signature) -> tuple[list[Signature], list[Signature]]:
     assert isinstance(canvas, _chord), type(canvas)
     header = list(canvas.tasks)
     body = canvas.body
-    assert isinstance(body, _chain), type(body)
-    return header, list(body.tasks)
+    assert not isinstance(body, _chord), type(body)
+    # A plain signature: no chain, so the rank worker never publishes fuse itself.
+    assert type(body) is Signature, type(body)
+    return header, [body]
 
 
 def check_structure(canvas: Signature, job_id: str, chunk_id: int, models: list[str]) -> None:
@@ -35,15 +38,22 @@ def check_structure(canvas: Signature, job_id: str, chunk_id: int, models: list[
         assert sig.options["queue"] == f"gen.{model}"
         assert sig.options["routing_key"] == f"gen.{model}"
         assert sig.immutable
-    assert [s.task for s in body] == [RANK_TASK, FUSE_TASK]
-    rank, fuse = body
+    assert [s.task for s in body] == [RANK_TASK]
+    rank = body[0]
     assert (rank.options["queue"], rank.options["routing_key"]) == ("rank", "rank")
+    assert dict(rank.kwargs) == ids
+    assert tuple(rank.args) == ()
+    # Immutable: rank must not receive the header's results.
+    assert rank.immutable
+
+
+def test_fuse_signature_round_trips(celery_app: Celery) -> None:
+    payload = to_payload(fuse_signature(celery_app, "job_f", 7))
+    fuse = from_payload(celery_app, json.loads(json.dumps(payload)))
+    assert fuse.task == FUSE_TASK
+    assert dict(fuse.kwargs) == {"job_id": "job_f", "chunk_id": 7}
     assert (fuse.options["queue"], fuse.options["routing_key"]) == ("fuse", "fuse")
-    for sig in body:
-        assert dict(sig.kwargs) == ids
-        assert tuple(sig.args) == ()
-        # Immutable: rank must not receive the header's results, fuse not rank's.
-        assert sig.immutable
+    assert fuse.immutable
 
 
 def test_chunk_canvas_structure(celery_app: Celery) -> None:

@@ -10,6 +10,7 @@ import pytest
 from sqlmodel import Session, col, select
 
 from db.models import (
+    ACTIVE_CHUNK_STATUSES,
     Chunk,
     ChunkStatus,
     Job,
@@ -55,6 +56,10 @@ def make_job(session: Session, status: JobStatus = JobStatus.IN_PROGRESS,
                                 custom_id=f"c{line}", instruction="q", status=request_status))
         made.append(chunk)
     job.total = line
+    # What the pipeline would have counted so far: closed chunks' requests, and the rest.
+    closed = [st for cs, sts in (chunks or []) if cs not in ACTIVE_CHUNK_STATUSES for st in sts]
+    job.completed, job.failed = closed.count(C), closed.count(F)
+    job.chunks_left = sum(1 for cs, _ in (chunks or []) if cs in ACTIVE_CHUNK_STATUSES)
     session.add(job)
     session.flush()
     return job, made
@@ -394,7 +399,8 @@ def test_expire_due_jobs_stops_what_has_not_started(session: Session) -> None:
     assert job.id in expire_due_jobs(session, now)
     reload(session)
     assert job.status == JobStatus.EXPIRED and job.expired_at == now
-    assert (job.total, job.completed, job.failed) == (4, 1, 0)
+    # Counts move when a chunk closes: the running one has not yet.
+    assert (job.total, job.completed, job.failed) == (4, 0, 0)
     assert (waiting.status, body.status) == (OutboxStatus.DROPPED, OutboxStatus.PENDING)
     assert running.status == ChunkStatus.RUNNING
     for chunk in (dispatched, pending):

@@ -1,0 +1,84 @@
+"""Claiming chunks to work on together, so a GPU sees large batches.
+
+A stage task works on its own chunk and, with it, further chunks whose messages wait on
+the same queue (the ranking worker across the rank queue, a generator across its
+gen.<model> queue). Their own messages arrive later and find the work stored.
+
+Two replicas must not work on one chunk at once (the writes are idempotent, so it would
+only waste the device): each chunk is claimed with a transaction-scoped advisory lock in
+the stage's namespace, held while the work runs. A task waits for the lock of its own
+chunk (so a message whose chunk another replica is working on finds the work done) and
+only tries the others.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+from sqlalchemy import TextClause, text
+from sqlalchemy.exc import DBAPIError
+
+from db.engine import get_engine
+
+log = structlog.get_logger(__name__)
+
+# How many waiting chunks to look at per chunk wanted: some are held by other replicas.
+CANDIDATES_TO_LOOK_AT = 4
+
+
+def namespace(name: str) -> int:
+    """A 31-bit advisory-lock namespace for a stage (and model): ("gen", "tiny-a")."""
+    return zlib.crc32(name.encode()) & 0x7FFF_FFFF
+
+
+def _lock_key(chunk_id: int) -> int:
+    # The two-key form takes 32-bit keys; a wrapped id can only make two claims wait.
+    return chunk_id & 0x7FFF_FFFF
+
+
+@contextmanager
+def claim_chunks(database_url: str, lock_namespace: int, own: int, waiting: TextClause,
+                 params: dict[str, Any], limit: int) -> Iterator[list[int]]:
+    """Claim ``own`` (waiting for it) and up to ``limit`` of the chunks ``waiting`` lists
+    (given ``params``, ``:own`` and ``:look``), skipping those another replica holds;
+    yields the claimed chunk ids, ``own`` first.
+
+    The claims are held until the block ends. Without PostgreSQL (the embedded run, where
+    tasks run one after another in one process) only ``own`` is yielded.
+    """
+    engine = get_engine(database_url)
+    if engine.dialect.name != "postgresql":
+        yield [own]
+        return
+    connection = engine.connect()
+    transaction = connection.begin()
+    try:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+                           {"ns": lock_namespace, "key": _lock_key(own)})
+        claimed = [own]
+        if limit > 0:
+            found = connection.execute(waiting, {
+                **params, "own": own, "look": limit * CANDIDATES_TO_LOOK_AT,
+            }).scalars().all()
+            for chunk_id in found:
+                if len(claimed) > limit:
+                    break
+                got = connection.execute(text("SELECT pg_try_advisory_xact_lock(:ns, :key)"),
+                                         {"ns": lock_namespace, "key": _lock_key(chunk_id)})
+                if got.scalar():
+                    claimed.append(chunk_id)
+        if len(claimed) > 1:
+            log.info("chunks.gathered", chunks=claimed)
+        yield claimed
+    finally:
+        try:
+            # Ending the transaction releases every claim.
+            transaction.rollback()
+            connection.close()
+        except DBAPIError as exc:
+            # A database restart took the claims with the connection; nothing to release.
+            log.warning("chunks.claims_lost", error=str(exc).splitlines()[0])
