@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -59,13 +61,20 @@ def declare_dead_letters(app: Celery) -> None:
 def configure(settings: Settings | None = None, *, eager: bool = False) -> Celery:
     """Apply ``settings`` to the process's app; entry points call this once at start."""
     settings = settings or get_settings()
+    app.conf.update(celery_conf(settings, eager=eager))
+    _configured[:] = [settings]
+    return app
+
+
+def celery_conf(settings: Settings, *, eager: bool = False) -> dict[str, Any]:
+    """Celery's configuration for ``settings``."""
     queues = [declare_queue(RANK_QUEUE, settings), declare_queue(FUSE_QUEUE, settings)]
     try:
         generators = get_registry(settings.registry_path).by_role("generator")
     except RegistryError:
         generators = []  # reported by whichever command reads the registry
     queues.extend(declare_queue(gen_queue(e.name), settings) for e in generators)
-    app.conf.update(
+    return dict(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,
         # Stage outputs live in Postgres; the backend only counts chord parts.
@@ -97,13 +106,13 @@ def configure(settings: Settings | None = None, *, eager: bool = False) -> Celer
         # Sent by the consumer loop, which the threads pool leaves free while a task runs.
         broker_heartbeat=settings.broker_heartbeat,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Flower and `celery events` follow tasks through these (BLENDQ_TASK_EVENTS).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         task_always_eager=eager,
         task_eager_propagates=eager,
         blendq_settings=settings,
     )
-    _configured[:] = [settings]
-    return app
 
 
 def configured_settings() -> Settings:
@@ -111,3 +120,14 @@ def configured_settings() -> Settings:
     if not _configured:
         configure()
     return _configured[0]
+
+
+def _environment_defaults() -> dict[str, Any]:
+    # Celery's own command line (`celery -A orchestration.celery_app inspect ping`, Flower)
+    # imports this module without calling configure(): the app then reads BLENDQ_* when its
+    # configuration is first needed. Defaults rank below what configure() sets, and a
+    # process that configured itself does not read the environment here at all.
+    return {} if _configured else celery_conf(get_settings())
+
+
+app.add_defaults(_environment_defaults)

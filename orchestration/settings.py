@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     # Requests per minute one API key may make (a token bucket per key and server process).
     api_rate_limit_per_minute: int = Field(default=600, ge=1)
+    # Operating (README: Operating). Workers send task events (Flower, celery events);
+    # false turns them off. Workers and the dispatcher serve /metrics, /healthz and /readyz
+    # on metrics_port (unset: no server; give each process on a host a port of its own).
+    task_events: bool = True
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
