@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import MODEL_CACHE
 from workers.demo_models import smollm_gguf
 from workers.generation.openai_backend import OpenAIGenerator
+from workers.generation.prompts import Prompt
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -68,6 +69,18 @@ def test_chat_endpoint_answers_with_usage(server: str) -> None:
     assert all(r.text.strip() for r in results)
     assert len({r.text for r in results}) == 1, "greedy answers to one prompt agree"
     assert all(r.prompt_tokens > 5 and 0 < r.completion_tokens <= 12 for r in results)
+
+
+def test_each_prompt_is_sent_with_its_own_params(server: str) -> None:
+    generator = OpenAIGenerator(server, model="smollm2")
+    story = [{"role": "user", "content": "Write a long story about a dragon and a king."}]
+    short, longer, bad = generator.generate_prompts([
+        Prompt(story, max_new_tokens=3), Prompt(story, max_new_tokens=24),
+        Prompt(story, max_new_tokens=0)])
+    assert short.error is None and short.completion_tokens == 3
+    assert short.finish_reason == "length"
+    assert longer.error is None and longer.completion_tokens > 3
+    assert bad.error is not None and "max_new_tokens" in bad.error
 
 
 def test_completions_endpoint(server: str) -> None:
