@@ -300,7 +300,8 @@ class Label(SQLModel, table=True):
 
 
 class RegisteredModel(SQLModel, table=True):
-    """The registry file as last synced, plus what admins change at run time (paused)."""
+    """The model registry (``manage.py models``), plus what admins change at run time
+    (paused). Workers on any host read it (orchestration/registry.py)."""
 
     __tablename__ = "registered_model"
 
@@ -311,6 +312,8 @@ class RegisteredModel(SQLModel, table=True):
     revision: str = Field(default="", max_length=128)
     queue: str = Field(max_length=160)
     params: dict[str, Any] = _json(nullable=False, default=dict)
+    # The ranker / fuser a job gets when it names none (at most one per role).
+    is_default: bool = Field(default=False)
     paused: bool = Field(default=False)
     updated_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)

@@ -70,7 +70,8 @@ def celery_conf(settings: Settings, *, eager: bool = False) -> dict[str, Any]:
     """Celery's configuration for ``settings``."""
     queues = [declare_queue(RANK_QUEUE, settings), declare_queue(FUSE_QUEUE, settings)]
     try:
-        generators = get_registry(settings.registry_path).by_role("generator")
+        generators = get_registry(settings.registry_path,
+                                  settings.database_url).by_role("generator")
     except RegistryError:
         generators = []  # reported by whichever command reads the registry
     queues.extend(declare_queue(gen_queue(e.name), settings) for e in generators)

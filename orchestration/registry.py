@@ -18,14 +18,33 @@ A TOML file (``BLENDQ_REGISTRY_PATH``) with one ``[[models]]`` table per entry::
     # max_retries, api_key_env (the NAME of the variable that holds the key)
 
 Relative paths are resolved against the registry file's folder.
+
+Where a process finds its registry (``get_registry``):
+
+1. ``BLENDQ_REGISTRY_PATH`` set: that file, read once per process, as before. It overrides
+   the database for this process only (a single host, a test, a trial of a new entry).
+2. Otherwise the database (``registered_model``, filled by ``manage.py models register``
+   or ``models import FILE``): a worker host needs only the database and broker URLs and
+   its weights. Re-read at most every ``DATABASE_REFRESH_SECONDS``; while the database is
+   unreachable the last registry read stays in use.
+3. A database that holds no entries (or is not migrated yet): the built-in tiny models.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from db.engine import session_scope
+from db.queries_registry import ModelRow, has_registry_table, registered_models
+from orchestration.settings import get_settings
 
 ROLES = ("generator", "ranker", "fuser")
 BACKENDS = {
@@ -75,8 +94,17 @@ params = { top_k = 3, num_beams = 2, max_new_tokens = 24 }
 """
 
 
+# How stale a process's copy of the database registry may get: a model registered or
+# removed is seen by running processes within this many seconds.
+DATABASE_REFRESH_SECONDS = 10.0
+
+
 class RegistryError(ValueError):
     pass
+
+
+class RegistryUnavailable(RegistryError):
+    """The database could not be read and this process has no registry from it yet."""
 
 
 @dataclass(frozen=True)
@@ -131,9 +159,16 @@ def parse_registry(text: str, source: str, base_dir: Path | None = None) -> Regi
     raw_entries = data.get("models")
     if not isinstance(raw_entries, list) or not raw_entries:
         raise RegistryError(f"{source}: needs at least one [[models]] table")
+    return _registry_of(
+        [(f"{source}: models[{position}]", raw) for position, raw in
+         enumerate(raw_entries, start=1)], source, base_dir)
+
+
+def _registry_of(raws: list[tuple[str, Any]], source: str,
+                 base_dir: Path | None = None) -> Registry:
+    """``raws``: (where, raw table) pairs, ``where`` naming the entry in error messages."""
     entries: dict[str, ModelEntry] = {}
-    for position, raw in enumerate(raw_entries, start=1):
-        where = f"{source}: models[{position}]"
+    for where, raw in raws:
         entry = _parse_entry(raw, where, base_dir)
         if entry.name in entries:
             raise RegistryError(f"{where}: name {entry.name!r} appears twice")
@@ -142,6 +177,12 @@ def parse_registry(text: str, source: str, base_dir: Path | None = None) -> Regi
         if len([e for e in entries.values() if e.role == role and e.default]) > 1:
             raise RegistryError(f"{source}: more than one default {role}")
     return Registry(entries=entries, source=source)
+
+
+def parse_entry(raw: dict[str, Any], where: str) -> ModelEntry:
+    """One entry from fields given one by one (``models register``), checked as a
+    registry file's table is."""
+    return _parse_entry(raw, where, None)
 
 
 def _parse_entry(raw: Any, where: str, base_dir: Path | None) -> ModelEntry:
@@ -189,11 +230,84 @@ def load_registry(path: Path | None) -> Registry:
     return parse_registry(text, str(path), base_dir=path.parent)
 
 
+def entry_row(entry: ModelEntry, paused: bool = False) -> ModelRow:
+    """The row that stores ``entry`` in ``registered_model``."""
+    return ModelRow(name=entry.name, role=entry.role, backend=entry.backend, path=entry.path,
+                    revision=entry.revision, queue=entry.queue, params=dict(entry.params),
+                    is_default=entry.default, paused=paused)
+
+
+def registry_from_rows(rows: list[ModelRow], source: str) -> Registry:
+    """The registry the rows hold, checked as a file is: a row written by hand with a bad
+    role or backend is reported by name instead of failing a task later."""
+    return _registry_of(
+        [(f"{source}: model {r.name!r}",
+          {"name": r.name, "role": r.role, "backend": r.backend, "path": r.path,
+           "revision": r.revision, "default": r.is_default, "params": r.params})
+         for r in rows], source)
+
+
+def database_source(database_url: str) -> str:
+    """How a database registry names itself in messages (no password)."""
+    return f"database {make_url(database_url).render_as_string(hide_password=True)}"
+
+
+def load_database_registry(database_url: str) -> Registry | None:
+    """The registry stored in the database; None when it holds no entries (or has no
+    registry table yet). Raises RegistryUnavailable when the database cannot be read."""
+    try:
+        with session_scope(database_url) as session:
+            rows = registered_models(session) if has_registry_table(session) else []
+    except SQLAlchemyError as exc:
+        raise RegistryUnavailable(
+            f"cannot read the model registry from {database_source(database_url)}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    return registry_from_rows(rows, database_source(database_url)) if rows else None
+
+
 _cache: dict[Path | None, Registry] = {}
+# database URL -> (monotonic time read, registry); the built-in one when the table is empty.
+_db_cache: dict[str, tuple[float, Registry]] = {}
+_lock = threading.Lock()
 
 
-def get_registry(path: Path | None) -> Registry:
-    """The registry at ``path``, read once per process."""
-    if path not in _cache:
-        _cache[path] = load_registry(path)
-    return _cache[path]
+def get_registry(path: Path | None, database_url: str | None = None) -> Registry:
+    """This process's registry (see the module's docstring for where it comes from).
+
+    ``database_url``: the database to read when ``path`` is None; by default the one the
+    process's Celery app was configured with, else ``BLENDQ_DATABASE_URL``."""
+    if path is not None:
+        with _lock:
+            if path not in _cache:
+                _cache[path] = load_registry(path)
+            return _cache[path]
+    url = database_url or _configured_database_url()
+    with _lock:
+        cached = _db_cache.get(url)
+        if cached is not None and time.monotonic() - cached[0] < DATABASE_REFRESH_SECONDS:
+            return cached[1]
+        try:
+            stored = load_database_registry(url)
+        except RegistryUnavailable:
+            if cached is not None:
+                return cached[1]  # a database outage must not make known models unknown
+            raise
+        registry = stored or load_registry(None)
+        _db_cache[url] = (time.monotonic(), registry)
+        return registry
+
+
+def forget_cached() -> None:
+    """Re-read every registry on next use (after this process changed the database)."""
+    with _lock:
+        _cache.clear()
+        _db_cache.clear()
+
+
+def _configured_database_url() -> str:
+    # Imported here: celery_app imports this module. Its recorded settings, not app.conf:
+    # reading app.conf of an unconfigured app computes defaults, which read the registry.
+    from orchestration import celery_app
+
+    configured = celery_app._configured
+    return configured[0].database_url if configured else get_settings().database_url
