@@ -192,6 +192,10 @@ class Request(SQLModel, table=True):
     # The chat messages of an OpenAI Batch line, used as-is for generation.
     messages: list[dict[str, Any]] | None = _json()
     params: dict[str, Any] = _json(nullable=False, default=dict)
+    # The caller's own metadata of a native line, given back on its result line.
+    meta: dict[str, Any] | None = Field(
+        default=None, sa_column=Column("metadata", JSONType, nullable=True)
+    )
     status: str = Field(default=RequestStatus.PENDING, max_length=16)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # No foreign key: request and candidate would reference each other, and a key could not
@@ -458,6 +462,47 @@ class IdempotencyKey(SQLModel, table=True):
     scope: str = Field(primary_key=True, max_length=32)  # "file" or "label"
     key: str = Field(primary_key=True, max_length=256)
     resource_id: str = Field(max_length=64)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class ApiSession(SQLModel, table=True):
+    """A signed-in browser of the auditor pages. Its cookie holds a random token; only
+    the token's hash is stored, so a copy of the table signs no one in."""
+
+    __tablename__ = "api_session"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    key_id: str = Field(
+        sa_column=Column(String(32), ForeignKey("api_key.key_id", ondelete="CASCADE"),
+                         nullable=False, index=True))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class ApiAddressBucket(SQLModel, table=True):
+    """Failed key attempts of one client address (db/rate_limits.py): a token bucket, as
+    the request rate per key is."""
+
+    __tablename__ = "api_address_bucket"
+
+    address: str = Field(primary_key=True, max_length=64)
+    tokens: float = Field(sa_column=Column(Float, nullable=False))
+    updated_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+
+
+class ApiSecret(SQLModel, table=True):
+    """Secrets the API server processes share, made on first use (the key that turns
+    request ids into the opaque ids clients see)."""
+
+    __tablename__ = "api_secret"
+
+    name: str = Field(primary_key=True, max_length=32)
+    value: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
