@@ -2,7 +2,9 @@
 
 Two line shapes are accepted:
 - native: ``{"custom_id", "instruction", "input"}``
-- an OpenAI Batch request line: ``{"custom_id", "method", "url", "body": {"messages": [...]}}``
+- an OpenAI Batch request line: ``{"custom_id", "method", "url", "body": {"messages": [...]}}``;
+  its messages are kept for the generators and rendered into instruction/input for the
+  ranker and the fuser (``db/prompts.py``)
 
 Every problem names its line (1-based), its field and the reason.
 """
@@ -13,6 +15,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
+
+from db.prompts import render_conversation
 
 MAX_LINE_BYTES = 1_000_000
 # The whole file is held in memory while it is validated; the OpenAI Batch API's own limit.
@@ -122,12 +126,16 @@ def _parse_line(raw: bytes, line_no: int) -> ParsedRequest:
         raise _Invalid("(line)", f"not valid UTF-8 at byte {exc.start}") from None
     if "\x00" in text:
         raise _Invalid("(line)", "contains a NUL character")
+    # The line's own terminator is not part of the JSON: parsed, it made the error of a
+    # truncated line point at column 1 of a line 2 that does not exist.
+    text = text.rstrip("\r\n")
     try:
         obj = json.loads(text)
     except RecursionError:
         raise _Invalid("(line)", "JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
-        raise _Invalid("(line)", f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+        # pos counts characters from the start of the line, whatever \r it holds.
+        raise _Invalid("(line)", f"not valid JSON: {exc.msg} at column {exc.pos + 1}") from None
     except ValueError as exc:  # e.g. an integer literal longer than Python converts
         raise _Invalid("(line)", f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
@@ -164,8 +172,7 @@ def _parse_openai(obj: dict[str, Any], line_no: int, custom_id: str) -> ParsedRe
     if not isinstance(raw_messages, list) or not raw_messages:
         raise _Invalid("body.messages", "must be a non-empty array")
     messages = [_message(m, i) for i, m in enumerate(raw_messages)]
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    if not users:
+    if not any(m["role"] == "user" for m in messages):
         raise _Invalid("body.messages", "needs at least one message with role 'user'")
     params: dict[str, Any] = {}
     for ours, theirs in (("max_new_tokens", "max_completion_tokens"),
@@ -176,9 +183,11 @@ def _parse_openai(obj: dict[str, Any], line_no: int, custom_id: str) -> ParsedRe
             _check_param(ours, body[theirs], f"body.{theirs}")
     if isinstance(body.get("model"), str):
         params["requested_model"] = _text(body["model"], "body.model")
-    # The ranker and fuser read the last user turn as the instruction; the generators
-    # see the whole conversation.
-    return ParsedRequest(line_no, custom_id, users[-1], "", messages=messages, params=params)
+    # The generators read the messages; the ranker and the fuser read the same conversation
+    # rendered into instruction/input (db/prompts.py), so none of it is lost to them.
+    instruction, context = render_conversation(messages)
+    return ParsedRequest(line_no, custom_id, instruction, context, messages=messages,
+                         params=params)
 
 
 def _message(raw: Any, index: int) -> dict[str, str]:

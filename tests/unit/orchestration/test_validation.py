@@ -73,7 +73,7 @@ def test_native_input_and_params_are_optional() -> None:
     assert req.input == "" and req.params == {}
 
 
-def test_openai_line_keeps_messages_and_uses_the_last_user_turn() -> None:
+def test_openai_line_keeps_messages_and_renders_the_whole_conversation() -> None:
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "first question"},
@@ -87,8 +87,10 @@ def test_openai_line_keeps_messages_and_uses_the_last_user_turn() -> None:
     assert result.ok
     [req] = result.requests
     assert req.custom_id == "c1"
+    # db/prompts.py: the question asked now, then everything around it in order.
     assert req.instruction == "second question"
-    assert req.input == ""
+    assert req.input == ("System: Be brief.\n\nUser: first question\n\n"
+                         "Assistant: first answer\n\nDeveloper: no lists")
     assert req.messages == messages
     assert req.params == {"max_new_tokens": 64, "temperature": 0.2, "top_p": 0.9, "seed": 3,
                           "requested_model": "gpt-4o-mini"}
@@ -424,3 +426,28 @@ def test_a_file_over_the_size_limit_is_refused_at_the_line_that_crosses_it(
     crossing = 200 // len(line) + 1
     assert [(e.line, e.field) for e in result.errors] == [(crossing, "(file)")]
     assert "larger than 200 bytes" in result.errors[0].message
+
+
+# -- the column of a JSON error ------------------------------------------------------------
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b""])
+def test_a_truncated_line_reports_the_column_where_it_ends(ending: bytes) -> None:
+    line = b'{"custom_id": "a", "instruction": "q"'  # 37 characters, the brace never closed
+    error = error_of(line + ending)
+    assert error.field == "(line)"
+    assert error.message == "not valid JSON: Expecting ',' delimiter at column 38"
+
+
+def test_a_json_error_mid_line_counts_characters_not_bytes() -> None:
+    # Non-ASCII before the fault: the column counts characters, as an editor shows them.
+    error = error_of('{"custom_id": "ü", "instruction": "q" "x"}\n'.encode())
+    assert error.message == "not valid JSON: Expecting ',' delimiter at column 39"
+
+
+def test_a_system_message_alone_with_one_user_turn_goes_to_input() -> None:
+    body = {"messages": [{"role": "system", "content": "Answer in French."},
+                         {"role": "user", "content": "Say hi"}]}
+    [req] = validate_lines([jl(openai("c", body))]).requests
+    assert (req.instruction, req.input) == ("Say hi", "System: Answer in French.")
+    [plain] = validate_lines([jl(openai("c"))]).requests
+    assert (plain.instruction, plain.input) == ("Say hi", "")
