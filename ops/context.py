@@ -27,6 +27,6 @@ def app(value: Settings, *, eager: bool = False) -> Celery:
 
 def registry(value: Settings) -> Registry:
     try:
-        return get_registry(value.registry_path)
+        return get_registry(value.registry_path, value.database_url)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -40,10 +40,12 @@ def sync_registry(session: Session, registry: Registry) -> None:
         if row is None:
             row = RegisteredModel(name=entry.name, role=entry.role, backend=entry.backend,
                                   path=entry.path, revision=entry.revision, queue=entry.queue,
-                                  params=entry.params, updated_at=utcnow())
+                                  params=entry.params, is_default=entry.default,
+                                  updated_at=utcnow())
         else:
             row.role, row.backend, row.path = entry.role, entry.backend, entry.path
             row.revision, row.queue, row.params = entry.revision, entry.queue, entry.params
+            row.is_default = entry.default
             row.updated_at = utcnow()
         session.add(row)
     session.flush()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from ops.api import batch, errors, native, pages
+from ops.api import batch, errors, native, observability, pages
 from ops.api.limits import BodySizeLimit
 from orchestration.celery_app import configure
 from orchestration.registry import get_registry
@@ -29,13 +29,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Submitting writes the canvas into the outbox, so the app needs Celery's signatures
     # (not a broker connection: the dispatcher publishes).
     app.state.celery = configure(settings)
-    app.state.registry = get_registry(settings.registry_path)
+    app.state.registry = get_registry(settings.registry_path, settings.database_url)
     errors.install(app)
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
     app.include_router(batch.router)
     app.include_router(native.router)
     app.include_router(pages.router)
     pages.install(app)  # the pages' stylesheet and their sign-in redirects
+    observability.install(app)  # /metrics, /readyz, request ids in the log
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
