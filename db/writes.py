@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Float, String, Table, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlmodel import Session, SQLModel
 
 
@@ -14,10 +16,17 @@ def insert_ignore(
     session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]],
     returning: str | None = None,
 ) -> list[Any]:
-    """INSERT … ON CONFLICT DO NOTHING; returns ``returning`` of the rows actually inserted."""
+    """INSERT … ON CONFLICT DO NOTHING; returns ``returning`` of the rows actually inserted.
+
+    Several rows without ``returning`` (the generation worker's candidates) go through
+    :func:`bulk_insert_ignore`: one statement on PostgreSQL.
+    """
     if not rows:
         return []
     table = model.__table__  # type: ignore[attr-defined]
+    if returning is None and len(rows) > 1:
+        bulk_insert_ignore(session, model, rows)
+        return []
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(table).on_conflict_do_nothing()
@@ -34,43 +43,134 @@ def insert_ignore(
     return inserted
 
 
-def copy_insert_ignore(session: Session, model: type[SQLModel],
+def bulk_insert_ignore(session: Session, model: type[SQLModel] | Table,
                        rows: Sequence[dict[str, Any]]) -> int:
-    """Bulk idempotent insert; returns how many rows were new.
+    """Bulk idempotent insert in the caller's transaction; returns how many rows were new
+    (fewer than ``len(rows)`` means some were stored already; those keep their values).
 
-    PostgreSQL: COPY into a session-private temporary table, then one
-    ``INSERT … SELECT … ON CONFLICT DO NOTHING`` (COPY itself cannot skip conflicts, and a
-    redelivered task must store nothing twice). DESIGN §4 measured 93k-131k rows/s this
-    way against 69k for executemany; in 512-row batches, a transaction each, on a busy
-    2-core machine: 50k against 38k. Other dialects (the embedded SQLite file) take the
-    executemany path. Runs in the caller's transaction; every row needs the same keys.
+    PostgreSQL: one statement, ``INSERT … SELECT * FROM unnest(%b::T[], …) ON CONFLICT DO
+    NOTHING``, each column sent as one binary array. Its text is fixed per table and
+    column set, so psycopg prepares it on a connection's fifth use: a batch costs one round
+    trip, no per-row parsing and no catalog work. The COPY into a temporary table it
+    replaces took four statements (create if missing, COPY, INSERT … SELECT, TRUNCATE) and
+    TRUNCATE gave the temporary table a new file each time; ops/bench/storage.py measures
+    both against ORM inserts.
+
+    Stores what SQLAlchemy's ``insert`` would: a column the rows leave out gets its
+    server default, and where it has a Python-side default instead, or a column mixes value
+    types psycopg cannot put in one array (ints among floats are made floats), the batch
+    takes SQLAlchemy's executemany. Every row needs the same keys, and text may not hold
+    NUL (PostgreSQL refuses it): both errors name the row and the column. Other dialects
+    (the embedded SQLite file) take executemany too.
     """
     if not rows:
         return 0
-    table = model.__table__  # type: ignore[attr-defined]
-    columns = list(rows[0])
+    table: Table = model if isinstance(model, Table) else model.__table__  # type: ignore[attr-defined]
+    columns = _columns(table, rows)
+    session.flush()  # pending ORM rows (a parent this batch points at) go first
+    dialect = session.get_bind().dialect
+    plan = _plan(table, columns, dialect) if dialect.name == "postgresql" else None
+    arrays = None if plan is None else _arrays(table, plan, rows)
+    if plan is None:
+        result = session.execute(sqlite.insert(table).on_conflict_do_nothing(), list(rows))
+        return int(result.rowcount)  # type: ignore[attr-defined]
+    if arrays is None or plan.python_defaults:
+        # psycopg's executemany reports no rowcount; a row returned is a row inserted.
+        insert = postgresql.insert(table).on_conflict_do_nothing()
+        return len(session.execute(insert.returning(literal_column("1")), list(rows)).all())
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor:
+        cursor.execute(plan.statement, arrays)
+        return int(cursor.rowcount)
+
+
+# The name callers know; it used COPY until issue 13.
+copy_insert_ignore = bulk_insert_ignore
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    process: Callable[[Any], Any] | None  # SQLAlchemy's bind processor (JSON wraps values)
+    text: bool
+    floating: bool
+
+
+@dataclass(frozen=True)
+class _Plan:
+    statement: str
+    columns: tuple[_Column, ...]
+    python_defaults: bool  # a column left out has a default only SQLAlchemy applies
+
+
+_plans: dict[tuple[Table, tuple[str, ...], str], _Plan] = {}
+
+
+def _columns(table: Table, rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+    columns = tuple(rows[0])
     unknown = [c for c in columns if c not in table.c]
     if unknown:
         raise ValueError(f"{table.name} has no columns {unknown}")
-    if session.get_bind().dialect.name != "postgresql":
-        result = session.execute(sqlite.insert(table).on_conflict_do_nothing(), list(rows))
-        return int(result.rowcount)  # type: ignore[attr-defined]
-    names = ", ".join(f'"{c}"' for c in columns)
-    # One temporary table per target and column set, kept for the connection's life
-    # (no catalog churn per batch); the TRUNCATE below empties it, and a rolled-back
-    # transaction takes its COPY rows with it.
-    temp = f"_copy_{table.name}_{zlib.crc32(','.join(columns).encode()):08x}"
-    connection = session.connection()
-    connection.exec_driver_sql(
-        f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" AS '
-        f'SELECT {names} FROM "{table.name}" WITH NO DATA')
-    raw = connection.connection.driver_connection
-    assert raw is not None
-    with raw.cursor() as cursor, cursor.copy(f'COPY "{temp}" ({names}) FROM STDIN') as copy:
-        for row in rows:
-            copy.write_row([row[c] for c in columns])
-    inserted = connection.exec_driver_sql(
-        f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM "{temp}" '
-        f"ON CONFLICT DO NOTHING")
-    connection.exec_driver_sql(f'TRUNCATE "{temp}"')
-    return int(inserted.rowcount)
+    keys = rows[0].keys()
+    for index, row in enumerate(rows):
+        if row.keys() != keys:
+            raise ValueError(f"{table.name} row {index} has columns {sorted(row)}, "
+                             f"row 0 has {sorted(keys)}: a batch needs the same ones")
+    return columns
+
+
+def _plan(table: Table, columns: tuple[str, ...], dialect: Dialect) -> _Plan:
+    """The statement and per-column conversions, built once per table and column set."""
+    key = (table, columns, dialect.name)
+    plan = _plans.get(key)
+    if plan is not None:
+        return plan
+    quote = dialect.identifier_preparer.quote
+    casts, specs = [], []
+    for name in columns:
+        column_type = table.c[name].type
+        # Arrays of the column's own type (VARCHAR(128), JSONB, TIMESTAMP WITH TIME ZONE,
+        # ...): PostgreSQL checks lengths and values exactly as a plain INSERT would.
+        casts.append(f"%b::{column_type.compile(dialect=dialect)}[]")
+        specs.append(_Column(name, column_type.dialect_impl(dialect).bind_processor(dialect),
+                             isinstance(column_type, String), isinstance(column_type, Float)))
+    left_out = [c for c in table.c if c.name not in columns]
+    plan = _Plan(
+        statement=(f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
+                   f"({', '.join(quote(c) for c in columns)}) "
+                   f"SELECT * FROM unnest({', '.join(casts)}) ON CONFLICT DO NOTHING"),
+        columns=tuple(specs),
+        python_defaults=any(c.default is not None for c in left_out))
+    _plans[key] = plan
+    return plan
+
+
+def _arrays(table: Table, plan: _Plan, rows: Sequence[dict[str, Any]]) -> list[list[Any]] | None:
+    """One list per column, as psycopg sends arrays; None where a column mixes types."""
+    arrays: list[list[Any]] | None = []
+    for column in plan.columns:
+        values = [row[column.name] for row in rows]
+        if column.text:
+            _refuse_nul(table.name, column.name, values)
+        kinds = set(map(type, values))
+        kinds.discard(type(None))
+        if len(kinds) > 1 and not all(issubclass(k, str) for k in kinds):  # StrEnum is str
+            if not (column.floating and kinds <= {int, float}):
+                arrays = None  # still check the other columns' text
+                continue
+            values = [v if v is None else float(v) for v in values]
+        if column.process is not None:
+            values = [column.process(v) for v in values]
+        if arrays is not None:
+            arrays.append(values)
+    return arrays
+
+
+def _refuse_nul(table: str, column: str, values: list[Any]) -> None:
+    # One scan of the joined column; only a hit looks for the row to name.
+    if "\x00" not in "".join(v for v in values if isinstance(v, str)):
+        return
+    index = next(i for i, v in enumerate(values) if isinstance(v, str) and "\x00" in v)
+    raise ValueError(f"{table} row {index}: {column} contains a NUL character, which "
+                     "PostgreSQL text cannot hold")
