@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 from sqlmodel import Session
 
 from db.engine import session_scope
@@ -25,6 +23,7 @@ from db.queries_registry import (
     upsert_model,
 )
 from ops import context
+from ops.tables import print_table
 from orchestration.registry import (
     BACKENDS,
     ROLES,
@@ -55,13 +54,11 @@ def list_models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([{**e.__dict__, "queue": e.queue} for e in entries], indent=2))
         return
-    table = Table(title=f"models ({registry.source})")
-    for column in ("name", "role", "backend", "path", "revision", "queue", "default", "params"):
-        table.add_column(column)
-    for e in entries:
-        table.add_row(e.name, e.role, e.backend, e.path, e.revision or "-", e.queue,
-                      "yes" if e.default else "", json.dumps(e.params))
-    Console().print(table)
+    # ops/tables: never cut at 80 columns when piped to a file.
+    print_table(f"models ({registry.source})",
+                ("name", "role", "backend", "path", "revision", "queue", "default", "params"),
+                [(e.name, e.role, e.backend, e.path, e.revision or "-", e.queue,
+                  "yes" if e.default else "-", json.dumps(e.params)) for e in entries])
 
 
 @models.command("install-demo")
