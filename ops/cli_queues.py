@@ -1,7 +1,8 @@
 """``manage.py queues`` and ``manage.py workers``: what RabbitMQ and the workers are doing.
 
-How pause, resume and purge work is documented in ``orchestration/queue_admin.py``.
-Dead-lettered messages are not handled here yet (the reliability work adds them).
+How pause, resume and purge work is documented in ``orchestration/queue_admin.py``. Every
+command takes a queue as ``queues list`` names it (``gen.tiny-a``, ``rank``) or a
+generator's queue by its model (``tiny-a``). ``--json`` keys are listed in the README.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import json
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
+from sqlmodel import Session
 
 from db.engine import session_scope
 from ops import context
+from ops.tables import cell, print_table
 from orchestration import queue_admin as qa
-from orchestration.registry import RegistryError
+from orchestration.celery_app import gen_queue
 
 
 @click.group()
@@ -24,82 +25,116 @@ def queues() -> None:
     """Queue depth and consumers; pause, resume and purge."""
 
 
+def _known(session: Session) -> list[str]:
+    return qa.blendq_queues(session, context.registry(context.settings()))
+
+
+def _resolve(session: Session, name: str) -> str:
+    try:
+        return qa.resolve_queue(name, _known(session))
+    except qa.QueueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
 @queues.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_queues(as_json: bool) -> None:
-    """Every blendq queue with its depth, consumers and whether it is paused."""
+    """Every blendq queue (dead letters too) with its depth, consumers and pause flag."""
     settings = context.settings()
-    registry = context.registry(settings)
     with session_scope(settings.database_url) as session:
-        names = qa.blendq_queues(session, registry)
-        paused = {f"gen.{m}" for m in qa.paused_models(session)}
+        names = _known(session)
+        paused = {gen_queue(m) for m in qa.paused_models(session)}
     try:
         states = qa.queue_states(settings.broker_url, names)
     except OSError as exc:
         raise click.ClickException(f"RabbitMQ is not reachable: {exc}") from exc
     rows: list[dict[str, Any]] = [{"queue": s.name, "exists": s.exists, "messages": s.messages,
-             "consumers": s.consumers, "paused": s.name in paused} for s in states]
+                                   "consumers": s.consumers, "paused": s.name in paused}
+                                  for s in states]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        _echo_json(rows)
         return
-    table = Table(title="queues")
-    for column in ("queue", "messages", "consumers", "paused"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row["queue"], str(row["messages"]) if row["exists"] else "(not declared)",
-                      str(row["consumers"]), "PAUSED" if row["paused"] else "")
-    Console(width=120).print(table)
+    print_table("queues", ("queue", "messages", "consumers", "paused"), [
+        (r["queue"], str(r["messages"]) if r["exists"] else "not declared yet",
+         str(r["consumers"]), "PAUSED" if r["paused"] else "-") for r in rows])
 
 
-def _set_paused(model: str, paused: bool) -> None:
+def _set_paused(name: str, paused: bool, timeout: float, as_json: bool) -> None:
     settings = context.settings()
     registry = context.registry(settings)
     app = context.app(settings)
     try:
         with session_scope(settings.database_url) as session:
-            queue = qa.set_paused(session, registry, model, paused)
-    except RegistryError as exc:
+            queue = qa.resolve_queue(name, qa.blendq_queues(session, registry))
+            qa.set_paused(session, registry, qa.model_of(queue), paused)
+    except qa.QueueError as exc:
         raise click.UsageError(str(exc)) from exc
     # The flag is committed first: a worker that starts meanwhile reads it.
     if paused:
-        workers = qa.pause_consumers(app, queue)
-        click.echo(f"{queue} paused; {len(workers)} worker(s) acknowledged cancel_consumer")
+        change = qa.pause_consumers(app, settings.broker_url, queue, timeout)
     else:
-        workers = qa.resume_consumers(app, model)
-        click.echo(f"{queue} resumed; consuming again on {len(workers)} worker(s): "
-                   + (", ".join(workers) or "none running"))
+        change = qa.resume_consumers(app, settings.broker_url, queue, timeout)
+    if as_json:
+        _echo_json({**change.as_dict(), "paused": paused})
+        return
+    done = "paused" if paused else "resumed"
+    if not change.workers:
+        who = ("no worker consumed it" if paused else
+               "no running worker was started for it (one started later consumes it)")
+        click.echo(f"{queue} {done}; {who}; consumers now {change.consumers}")
+        return
+    kind = "consuming worker(s)" if paused else "worker(s) started for it"
+    click.echo(f"{queue} {done}; {len(change.acknowledged)} of {len(change.workers)} {kind} "
+               f"acknowledged: {', '.join(change.acknowledged) or 'none'}; "
+               f"consumers now {change.consumers}")
+    silent = sorted(set(change.workers) - set(change.acknowledged))
+    if silent:
+        click.echo(f"warning: no answer from {', '.join(silent)}", err=True)
+
+
+TIMEOUT = click.option("--timeout", type=float, default=2.0, show_default=True,
+                       help="Seconds to wait for the workers to answer.")
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 @queues.command()
-@click.argument("model")
-def pause(model: str) -> None:
-    """Stop every worker taking new tasks from gen.MODEL; stays paused across restarts."""
-    _set_paused(model, True)
+@click.argument("queue")
+@TIMEOUT
+@AS_JSON
+def pause(queue: str, timeout: float, as_json: bool) -> None:
+    """Every replica stops taking tasks from QUEUE (gen.MODEL or MODEL); stays paused
+    across restarts."""
+    _set_paused(queue, True, timeout, as_json)
 
 
 @queues.command()
-@click.argument("model")
-def resume(model: str) -> None:
-    """Let the workers of gen.MODEL take tasks again."""
-    _set_paused(model, False)
+@click.argument("queue")
+@TIMEOUT
+@AS_JSON
+def resume(queue: str, timeout: float, as_json: bool) -> None:
+    """Every worker started for QUEUE (gen.MODEL or MODEL) takes its tasks again."""
+    _set_paused(queue, False, timeout, as_json)
 
 
 @queues.command()
 @click.argument("queue")
 @click.option("--yes", is_flag=True, help="Really remove every waiting message.")
-def purge(queue: str, yes: bool) -> None:
+@AS_JSON
+def purge(queue: str, yes: bool, as_json: bool) -> None:
     """Remove QUEUE's waiting messages; their chunks' open requests fail ('purged by admin').
 
-    Pause the queue first if workers consume it, or they may take a message meanwhile.
+    QUEUE as ``queues list`` names it, or a generator's model. Messages a worker holds
+    already are not waiting and stay: pause the queue first so every replica lets go.
     """
     if not yes:
         raise click.UsageError("purging drops messages for good: add --yes")
     settings = context.settings()
-    registry = context.registry(settings)
     with session_scope(settings.database_url) as session:
-        known = qa.blendq_queues(session, registry)
-    if queue not in known:
-        raise click.UsageError(f"{queue} is not a blendq queue ({', '.join(known)})")
+        queue = _resolve(session, queue)
     drained = qa.Drained(settings.broker_url, queue)
     try:
         with session_scope(settings.database_url) as session:
@@ -108,8 +143,16 @@ def purge(queue: str, yes: bool) -> None:
         drained.give_back()
         raise
     drained.ack()
+    [state] = qa.queue_states(settings.broker_url, [queue])
+    if as_json:
+        _echo_json({"queue": queue, "messages": drained.count, "chunks": sorted(drained.chunks),
+                    "reason": qa.PURGE_REASON, "consumers": state.consumers})
+        return
     click.echo(f"{drained.count} message(s) purged from {queue}; "
                f"{len(drained.chunks)} chunk(s) marked '{qa.PURGE_REASON}'")
+    if state.consumers:
+        click.echo(f"warning: {state.consumers} worker(s) still consume {queue}; a message "
+                   "one of them held was not purged (queues pause first)", err=True)
 
 
 @click.group()
@@ -120,53 +163,21 @@ def workers() -> None:
 @workers.command("list")
 @click.option("--timeout", type=float, default=1.5, show_default=True,
               help="Seconds to wait for workers to answer.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@AS_JSON
 def list_workers(timeout: float, as_json: bool) -> None:
-    """Host, queues consumed, active and reserved tasks, models loaded."""
+    """Every worker replica: node name, host, pid, device, queues, tasks, models loaded."""
     app = context.app(context.settings())
-    rows = worker_rows(app, timeout)
+    rows = [r.as_dict() for r in qa.replicas(app, timeout)]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        _echo_json(rows)
         return
-    table = Table(title="workers")
-    for column in ("worker", "queues", "active", "reserved", "models loaded"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(row["worker"], ",".join(row["queues"]) or "(paused)",
-                      str(len(row["active"])), str(len(row["reserved"])),
-                      ", ".join(m["path"] for m in row["models"]))
-    Console(width=140).print(table)
-
-
-def worker_rows(app: Any, timeout: float) -> list[dict[str, Any]]:
-    from workers.inspect_commands import MODELS_COMMAND
-
-    # The first question waits the whole timeout; knowing how many answered, each one
-    # after it returns as soon as they all have.
-    queues_of = app.control.inspect(timeout=timeout).active_queues() or {}
-    if not queues_of:
-        return []
-    alive = list(queues_of)
-    inspect = app.control.inspect(timeout=timeout, limit=len(alive))
-    active = inspect.active() or {}
-    reserved = inspect.reserved() or {}
-    loaded: dict[str, Any] = {}
-    for reply in app.control.broadcast(MODELS_COMMAND, reply=True, timeout=timeout,
-                                       limit=len(alive)) or []:
-        for name, answer in reply.items():
-            loaded[name] = answer.get("ok", []) if isinstance(answer, dict) else []
-    names = sorted(set(queues_of) | set(active) | set(reserved) | set(loaded))
-    return [{"worker": name, "host": name.split("@", 1)[-1],
-             "queues": sorted(q["name"] for q in queues_of.get(name, [])),
-             "active": [_task(t) for t in active.get(name, [])],
-             "reserved": [_task(t) for t in reserved.get(name, [])],
-             "models": loaded.get(name, [])} for name in names]
-
-
-def _task(task: dict[str, Any]) -> dict[str, Any]:
-    kwargs = task.get("kwargs") or {}
-    return {"id": task.get("id"), "name": task.get("name"),
-            "job_id": kwargs.get("job_id"), "chunk_id": kwargs.get("chunk_id")}
+    print_table(f"workers ({len(rows)})",
+                ("worker", "host", "pid", "device", "queues", "paused", "active", "reserved",
+                 "models loaded"),
+                [(r["worker"], r["host"], cell(r["pid"]), cell(r["device"]),
+                  ",".join(r["queues"]) or "-", ",".join(r["paused"]) or "-",
+                  str(len(r["active"])), str(len(r["reserved"])),
+                  ", ".join(m["path"] for m in r["models"]) or "-") for r in rows])
 
 
 @queues.group()
@@ -185,13 +196,11 @@ def dead_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([m.as_dict() for m in messages], indent=2))
         return
-    table = Table(title=f"dead letters ({len(messages)})")
-    for column in ("task id", "task", "from queue", "reason", "deaths", "job", "chunk"):
-        table.add_column(column)
-    for m in messages:
-        table.add_row(m.task_id, m.task, m.queue, m.reason, str(m.deaths),
-                      str(m.kwargs.get("job_id", "")), str(m.kwargs.get("chunk_id", "")))
-    Console(width=160).print(table)
+    print_table(f"dead letters ({len(messages)})",
+                ("task id", "task", "from queue", "reason", "deaths", "job", "chunk"),
+                [(m.task_id, m.task, m.queue, cell(m.reason), str(m.deaths),
+                  cell(m.kwargs.get("job_id")), cell(m.kwargs.get("chunk_id")))
+                 for m in messages])
 
 
 @dead.command("show")
@@ -209,13 +218,17 @@ def dead_show(task_id: str) -> None:
 @dead.command("requeue")
 @click.argument("task_ids", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Requeue every dead message.")
-def dead_requeue(task_ids: tuple[str, ...], everything: bool) -> None:
+@AS_JSON
+def dead_requeue(task_ids: tuple[str, ...], everything: bool, as_json: bool) -> None:
     """Send dead messages back to the queues they came from."""
     from orchestration.dead_letters import requeue
 
     if not task_ids and not everything:
         raise click.UsageError("name task ids, or pass --all")
     moved = requeue(context.settings().broker_url, None if everything else set(task_ids))
+    if as_json:
+        _echo_json([{"task_id": m.task_id, "task": m.task, "queue": m.queue} for m in moved])
+        return
     for m in moved:
         click.echo(f"{m.task_id} {m.task} -> {m.queue}")
     click.echo(f"{len(moved)} message(s) requeued")
