@@ -6,11 +6,19 @@ Export formats (one JSON object per line, UTF-8):
 layout of LLM-Blender's MixInstruct so ``ranker train`` can read it like the original::
 
     {"id": "<custom_id>", "job_id": "...", "request_id": 17,
-     "instruction": "...", "input": "...", "output": "<fused answer or null>",
+     "instruction": "...", "input": "...", "messages": [...] | null,
+     "output": "<fused answer or null>",
      "candidates": [{"model": "tiny-a", "candidate_id": 51, "text": "...",
                      "scores": {"ranker": 0.42, "ranker_rank": 1, "human": 2.0}}],
      "labels": [{"verdict": "a", "candidate_a": 51, "candidate_b": 52, "ranking": null,
                  "author": "ana", "note": "...", "created_at": "..."}]}
+
+  ``instruction`` and ``input`` hold the whole prompt the generators answered: for an
+  OpenAI Batch line, its conversation rendered as ``db/prompts.py`` documents (the last
+  user turn, then the system message and every other turn), with the raw ``messages``
+  beside; for a native line, its own two fields (``messages`` null). ``ranker train`` and
+  ``ranker eval`` read ``instruction\ninput``, which is what the ranking stage gives
+  the ranker.
 
   A label's ``verdict`` is ``a`` (candidate_a is better), ``tie``, or ``ranking`` (then
   ``ranking`` lists candidate ids best first).
@@ -35,7 +43,8 @@ layout of LLM-Blender's MixInstruct so ``ranker train`` can read it like the ori
   the ranker saw. ``score`` is the ranker's preference for A: the mean of logit(A over B)
   and -logit(B over A) where both were stored, else whichever was. A labelled pair gets
   one line per label (so two people who disagree both count); a compared pair without a
-  label gets one ``ranker`` line. ``source`` is what the ranker itself read.
+  label gets one ``ranker`` line. ``source`` is what the ranker itself read:
+  ``instruction\ninput`` of the rendering above.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from db.models import Candidate, Comparison, Fusion, Job, Label, Ranking, Request, utcnow
+from db.prompts import prompt_fields
 
 PAGE = 200
 VERDICTS = ("a", "b", "tie", "ranking")
@@ -73,10 +83,16 @@ def find_request(session: Session, request_id: int | None = None, job_id: str | 
     return request
 
 
+def prompt_of(request: Request) -> tuple[str, str]:
+    """``(instruction, input)``: the whole prompt, a conversation rendered (db/prompts.py)."""
+    return prompt_fields(request.instruction, request.input, request.messages)
+
+
 def source_of(request: Request) -> str:
-    # The same text the ranking stage gives the ranker (workers.stage_io.source_text);
-    # repeated here because db may not import workers.
-    return f"{request.instruction}\n{request.input}" if request.input else request.instruction
+    # The same text the ranking stage gives the ranker (workers.stage_io.source_text, which
+    # reads the rendering stored at validation); repeated because db may not import workers.
+    instruction, given = prompt_of(request)
+    return f"{instruction}\n{given}" if given else instruction
 
 
 def latest_ranking(session: Session, request_id: int) -> Ranking | None:
@@ -108,10 +124,11 @@ def request_detail(session: Session, request: Request) -> dict[str, Any]:
               if c.ranker_revision == revision}
     matrix = [[logits.get((a.id or 0, b.id or 0)) for b in order] for a in order]
     used = [c for c in comparisons if c.ranker_revision == revision]
+    instruction, given = prompt_of(request)
     return {
         "request": {
             "id": request.id, "job_id": request.job_id, "custom_id": request.custom_id,
-            "instruction": request.instruction, "input": request.input,
+            "instruction": instruction, "input": given, "messages": request.messages,
             "status": request.status, "error": request.error,
             "chosen_candidate_id": request.chosen_candidate_id,
         },
@@ -233,12 +250,14 @@ def review_queue(session: Session, job_id: str, limit: int = 20) -> list[dict[st
             if ranking is None:
                 continue
             gap = margin(ranking.entries)
-            against = contradictions(ranking.entries, labels.get(request.id or 0, []))
+            against = contradicted_pairs(ranking.entries, labels.get(request.id or 0, []))
             if gap is None and not against:
                 continue
             top = sorted(ranking.entries, key=lambda e: e["rank"])
             items.append({"request_id": request.id, "custom_id": request.custom_id,
-                          "margin": gap, "contradicted_labels": against,
+                          "margin": gap,
+                          "contradicted_labels": [c["label_id"] for c in against],
+                          "contradictions": against,
                           "top": [e["model"] for e in top[:2]]})
     items.sort(key=lambda i: (not i["contradicted_labels"],
                               i["margin"] if i["margin"] is not None else float("inf"),
@@ -248,17 +267,25 @@ def review_queue(session: Session, job_id: str, limit: int = 20) -> list[dict[st
 
 def contradictions(entries: list[dict[str, Any]], labels: list[Label]) -> list[int]:
     """Ids of labels whose decided pairs the ranker ordered the other way."""
+    return [c["label_id"] for c in contradicted_pairs(entries, labels)]
+
+
+def contradicted_pairs(entries: list[dict[str, Any]],
+                       labels: list[Label]) -> list[dict[str, Any]]:
+    """One entry per label the ranker contradicts: ``{"label_id", "verdict",
+    "pairs_contradicted", "pairs_decided"}``. A ranking label decides every pair of its
+    candidates, so one label can contradict several pairs; it is still one label."""
     rank = {e["candidate_id"]: e["rank"] for e in entries}
-    against = []
+    found = []
     for label in labels:
-        for a, b, value in implied_pairs(label):
-            if a not in rank or b not in rank or value == 0.5:
-                continue
-            better, worse = (a, b) if value == 1.0 else (b, a)
-            if rank[better] > rank[worse]:
-                against.append(label.id or 0)
-                break
-    return against
+        decided = [(a, b, v) for a, b, v in implied_pairs(label)
+                   if a in rank and b in rank and v != 0.5]
+        against = sum(1 for a, b, v in decided
+                      if rank[a if v == 1.0 else b] > rank[b if v == 1.0 else a])
+        if against:
+            found.append({"label_id": label.id or 0, "verdict": label.verdict,
+                          "pairs_contradicted": against, "pairs_decided": len(decided)})
+    return found
 
 
 # -- audit export ---------------------------------------------------------------------------
@@ -299,8 +326,9 @@ def _mixinstruct_line(request: Request, usable: list[Candidate], ranking: Rankin
             scores["human"] = human.get(c.id or 0, 0.0)
         candidates.append({"model": c.model, "candidate_id": c.id, "text": c.text,
                            "scores": scores})
+    instruction, given = prompt_of(request)
     return {"id": request.custom_id, "job_id": request.job_id, "request_id": request.id,
-            "instruction": request.instruction, "input": request.input,
+            "instruction": instruction, "input": given, "messages": request.messages,
             "output": request.fused_output, "candidates": candidates,
             "labels": [_label_dict(label) for label in labels]}
 

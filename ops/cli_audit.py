@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from db.engine import session_scope
 from db.queries_audit import (
@@ -19,12 +17,14 @@ from db.queries_audit import (
     Verdict,
     export_lines,
     find_request,
+    implied_pairs,
     record_label,
     request_detail,
     resolve_candidate,
     review_queue,
 )
 from ops import context
+from ops.tables import MISSING, cell, print_table
 
 
 @click.group()
@@ -59,48 +59,52 @@ def show(request_id: int | None, job: str | None, custom_id: str | None, as_json
 
 
 def _print_detail(d: dict[str, Any]) -> None:
-    console = Console(width=120)
+    echo = click.echo
     r = d["request"]
-    console.print(f"request {r['id']}  job {r['job_id']}  custom_id {r['custom_id']}  "
-                  f"status {r['status']}" + (f"  error: {r['error']}" if r["error"] else ""))
-    console.print(f"instruction: {r['instruction']}", markup=False)
+    echo(f"request {r['id']}  job {r['job_id']}  custom_id {r['custom_id']}  "
+         f"status {r['status']}" + (f"  error: {r['error']}" if r["error"] else ""))
+    # The whole prompt: a conversation rendered as db/prompts.py documents.
+    echo(f"instruction: {r['instruction']}")
     if r["input"]:
-        console.print(f"input: {r['input']}", markup=False)
+        echo(f"input: {r['input']}")
     ranking = d["ranking"]
     if ranking:
-        console.print(f"ranker {ranking['ranker']} rev {ranking['ranker_revision']}  "
-                      f"strategy {ranking['strategy']}  aggregation {ranking['aggregation']}  "
-                      f"margin {_num(ranking['margin'])}")
-    table = Table(title="candidates")
-    for column in ("id", "model", "rank", "score", "latency ms", "text / error"):
-        table.add_column(column)
-    for c in sorted(d["candidates"], key=lambda c: (c["rank"] is None, c["rank"] or 0)):
-        table.add_row(str(c["candidate_id"]), c["model"], str(c["rank"] or "-"),
-                      _num(c["score"]), _num(c["latency_ms"]),
-                      c["text"] if c["ok"] else f"FAILED: {c['error']}")
-    console.print(table)
+        echo(f"ranker {ranking['ranker']} rev {cell(ranking['ranker_revision'])}  "
+             f"strategy {ranking['strategy']}  aggregation {ranking['aggregation']}  "
+             f"margin {_num(ranking['margin'])}")
+    else:
+        echo("not ranked")
+    print_table("candidates", ("id", "model", "rank", "score", "latency ms", "text / error"),
+                [(str(c["candidate_id"]), c["model"], cell(c["rank"]), _num(c["score"]),
+                  _num(c["latency_ms"]), c["text"] if c["ok"] else f"FAILED: {c['error']}")
+                 for c in sorted(d["candidates"],
+                                 key=lambda c: (c["rank"] is None, c["rank"] or 0))])
     m = d["matrix"]
-    matrix = Table(title=f"logit(row over column), ranker rev {m['ranker_revision']}")
-    matrix.add_column("A \\ B")
-    for model in m["models"]:
-        matrix.add_column(model)
-    for model, row in zip(m["models"], m["logits"], strict=True):
-        matrix.add_row(model, *[_num(v) for v in row])
-    console.print(matrix)
+    print_table(f"logit(row over column), ranker rev {cell(m['ranker_revision'])}",
+                ("A \\ B", *m["models"]),
+                [(model, *[_num(v) for v in row])
+                 for model, row in zip(m["models"], m["logits"], strict=True)])
     fusion = d["fusion"]
     if fusion:
         inputs = ", ".join(f"{i['model']}#{i['candidate_id']}" for i in fusion["inputs"])
-        console.print(f"fuser {fusion['fuser']} rev {fusion['fuser_revision']} read: {inputs}")
-    console.print(f"fused: {d['fused_output']}", markup=False)
+        echo(f"fuser {fusion['fuser']} rev {cell(fusion['fuser_revision'])} read: {inputs}")
+    echo(f"fused: {cell(d['fused_output'])}")
     for label in d["labels"]:
-        console.print(f"label {label['label_id']} by {label['author']}: {label['verdict']} "
-                      f"{label['ranking'] or [label['candidate_a'], label['candidate_b']]}"
-                      + (f" ({label['note']})" if label["note"] else ""), markup=False)
-    console.print("timings: " + json.dumps(d["timings"]), markup=False)
+        judged = (" > ".join(f"#{c}" for c in label["ranking"]) if label["ranking"]
+                  else _pair_verdict(label))
+        echo(f"label {label['label_id']} by {label['author']}: {label['verdict']} {judged}"
+             + (f" ({label['note']})" if label["note"] else ""))
+    echo("timings: " + "  ".join(f"{k} {cell(v)}" for k, v in d["timings"].items()))
+
+
+def _pair_verdict(label: dict[str, Any]) -> str:
+    a, b = f"#{label['candidate_a']}", f"#{label['candidate_b']}"
+    return {"a": f"{a} > {b}", "b": f"{b} > {a}", "tie": f"{a} = {b}"}.get(
+        label["verdict"], f"{a} ? {b}")
 
 
 def _num(value: Any) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    return MISSING if value is None else f"{value:.4f}"
 
 
 @audit.command()
@@ -113,9 +117,11 @@ def _num(value: Any) -> str:
 @click.option("--ranking", help="Every judged candidate, best first, comma-separated.")
 @click.option("--author", required=True, help="Who judged.")
 @click.option("--note", help="Why.")
+@click.option("--json", "as_json", is_flag=True, help="Print {label_id, request_id, verdict, "
+              "candidates, pairs} as JSON.")
 def label(request_id: int | None, job: str | None, custom_id: str | None, better: str | None,
           worse: str | None, tie: tuple[str, str] | None, ranking: str | None, author: str,
-          note: str | None) -> None:
+          note: str | None, as_json: bool) -> None:
     """Record a person's judgement: --better X --worse Y, --tie X Y, or --ranking X,Y,Z."""
     given = [better is not None or worse is not None, bool(tie), ranking is not None]
     if sum(given) != 1:
@@ -134,10 +140,15 @@ def label(request_id: int | None, job: str | None, custom_id: str | None, better
                 refs, kind = [str(better), str(worse)], "a"
             ids = tuple(resolve_candidate(session, request, ref).id or 0 for ref in refs)
             stored = record_label(session, request, Verdict(kind, ids), author, note)
-            label_id = stored.id
+            shown = {"label_id": stored.id, "request_id": request.id, "verdict": stored.verdict,
+                     "candidates": list(ids), "pairs": len(implied_pairs(stored))}
     except AuditError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"label {label_id} recorded")
+    if as_json:
+        click.echo(json.dumps(shown))
+        return
+    # One label, however many pairs it decides (a ranking of n decides n(n-1)/2).
+    click.echo(f"label {shown['label_id']} recorded ({shown['pairs']} pair(s) decided)")
 
 
 @audit.command("queue")
@@ -145,27 +156,45 @@ def label(request_id: int | None, job: str | None, custom_id: str | None, better
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def queue_cmd(job: str, limit: int, as_json: bool) -> None:
-    """Requests worth a look first: labels the ranker contradicts, then closest top two."""
+    """Requests worth a look first: labels the ranker contradicts, then closest top two.
+
+    A label is counted once however many of its pairs the ranker orders the other way;
+    the pairs column says how many of the pairs it decides are contradicted."""
     settings = context.settings()
     with session_scope(settings.database_url) as session:
         items = review_queue(session, job, limit)
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
-    table = Table(title=f"review queue for {job}")
-    for column in ("request", "custom_id", "margin", "contradicted labels", "top two"):
-        table.add_column(column)
-    for i in items:
-        table.add_row(str(i["request_id"]), i["custom_id"], _num(i["margin"]),
-                      ",".join(map(str, i["contradicted_labels"])) or "-", " > ".join(i["top"]))
-    Console(width=120).print(table)
+    print_table(f"review queue for {job}",
+                ("request", "custom_id", "margin", "labels contradicted",
+                 "pairs contradicted", "top two"),
+                [(str(i["request_id"]), i["custom_id"], _num(i["margin"]),
+                  _labels(i["contradictions"]), _pairs(i["contradictions"]),
+                  " > ".join(i["top"])) for i in items])
+
+
+def _labels(against: list[dict[str, Any]]) -> str:
+    """``2 (#4, #9)``: how many labels, and which."""
+    if not against:
+        return "0"
+    return f"{len(against)} (" + ", ".join(f"#{c['label_id']}" for c in against) + ")"
+
+
+def _pairs(against: list[dict[str, Any]]) -> str:
+    """``3 of 6``: pairs the ranker ordered against the labels, of the pairs they decide."""
+    if not against:
+        return MISSING
+    return (f"{sum(c['pairs_contradicted'] for c in against)} of "
+            f"{sum(c['pairs_decided'] for c in against)}")
 
 
 @audit.command()
 @click.option("--job", required=True)
 @click.option("--format", "fmt", type=click.Choice(["mixinstruct", "pairs"]), required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def export(job: str, fmt: str, output: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print {job, format, lines, output}.")
+def export(job: str, fmt: str, output: Path, as_json: bool) -> None:
     """Write the job's candidates, scores and labels as training data (JSONL)."""
     settings = context.settings()
     tmp = output.with_name(output.name + ".part")
@@ -180,4 +209,8 @@ def export(job: str, fmt: str, output: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise click.ClickException(str(exc)) from exc
     tmp.replace(output)
+    if as_json:
+        click.echo(json.dumps({"job": job, "format": fmt, "lines": count,
+                               "output": str(output)}))
+        return
     click.echo(f"{count} lines written to {output}")

@@ -1,12 +1,20 @@
-"""``manage.py jobs``: submit, watch, collect and cancel jobs."""
+"""``manage.py jobs``: submit, watch, collect and cancel jobs.
+
+``jobs status --watch`` exits with the job's end state, so a script can branch on it:
+0 completed, 3 failed, 4 expired, 5 cancelled, 6 still running when ``--timeout`` ran out;
+1 is any other error (no such job, a server unreachable), 2 a usage error.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from db.engine import session_scope
@@ -17,6 +25,10 @@ from ops.cli_jobs_admin import list_cmd, retry, show
 from ops.job_io import parse_models, report_invalid, submit_file, write_results
 from orchestration.lifecycle import cancel_job
 from orchestration.submission import AGGREGATIONS, STRATEGIES, JobOptions
+
+EXIT_CODES = {JobStatus.COMPLETED: 0, JobStatus.FAILED: 3, JobStatus.EXPIRED: 4,
+              JobStatus.CANCELLED: 5}
+EXIT_STILL_RUNNING = 6
 
 
 @click.group()
@@ -38,10 +50,14 @@ def jobs() -> None:
 @click.option("--aggregation", type=click.Choice(AGGREGATIONS), default="max_logits",
               show_default=True, help="How pairwise logits become scores.")
 @click.option("--tenant", default="default", show_default=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {id, status, created, total} instead of the bare id.")
 def submit_cmd(file: Path, models: str | None, ranker: str | None, fuser: str | None,
                top_k: int | None, idempotency_key: str | None, chunk_size: int | None,
-               strategy: str, aggregation: str, tenant: str) -> None:
-    """Validate FILE (JSONL) and queue it as a job; prints the job id."""
+               strategy: str, aggregation: str, tenant: str, as_json: bool) -> None:
+    """Validate FILE (JSONL) and queue it as a job; prints the job id.
+
+    Exits 1 when the file is invalid (the job is stored as failed, its errors on stderr)."""
     settings = context.settings()
     app = context.app(settings)
     registry = context.registry(settings)
@@ -52,11 +68,18 @@ def submit_cmd(file: Path, models: str | None, ranker: str | None, fuser: str | 
                          strategy=strategy, aggregation=aggregation,
                          idempotency_key=idempotency_key)
     submitted = submit_file(settings, app, registry, file, options)
-    click.echo(submitted.job.id)
+    if as_json:
+        job = submitted.job
+        click.echo(json.dumps({"id": job.id, "status": job.status,
+                               "created": submitted.created, "total": job.total,
+                               "errors": job.errors or []}, indent=2))
+    else:
+        click.echo(submitted.job.id)
     if not submitted.created:
         click.echo("an existing job holds this idempotency key", err=True)
     if submitted.job.status == JobStatus.FAILED:
-        report_invalid(submitted.job)
+        if not as_json:
+            report_invalid(submitted.job)
         raise SystemExit(1)
 
 
@@ -71,32 +94,56 @@ def _load(settings_url: str, job_id: str) -> Job:
 @jobs.command()
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--watch", is_flag=True, help="Follow the job with a progress bar until it ends.")
+@click.option("--watch", is_flag=True,
+              help="Follow the job until it ends and exit with its end state: 0 completed, "
+                   "3 failed, 4 expired, 5 cancelled (6: still running at --timeout).")
 @click.option("--interval", type=float, default=1.0, show_default=True)
-def status(job_id: str, as_json: bool, watch: bool, interval: float) -> None:
-    """Show a job's status and request counts."""
+@click.option("--timeout", type=float, default=None,
+              help="With --watch: stop after this many seconds (exit 6 if not ended).")
+def status(job_id: str, as_json: bool, watch: bool, interval: float,
+           timeout: float | None) -> None:
+    """Show a job's status and request counts (with --watch, until it ends)."""
     settings = context.settings()
+    ended = _watch(settings.database_url, job_id, interval, timeout) if watch else True
+    summary = _summary(settings.database_url, job_id)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        for line in status_lines(summary):
+            click.echo(line)
     if watch:
-        _watch(settings.database_url, job_id, interval)
-    with session_scope(settings.database_url) as session:
+        raise SystemExit(EXIT_CODES[JobStatus(summary["status"])] if ended
+                         else EXIT_STILL_RUNNING)
+
+
+def _summary(url: str, job_id: str) -> dict[str, Any]:
+    with session_scope(url) as session:
         job = session.get(Job, job_id)
         if job is None:
             raise click.ClickException(f"no job {job_id}")
-        summary = job_summary(session, job)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-        return
+        return job_summary(session, job)
+
+
+def status_lines(summary: dict[str, Any]) -> list[str]:
+    """The human form of ``jobs status``: counts as words, never a Python repr."""
     counts = summary["request_counts"]
-    click.echo(f"{job_id}  {summary['status']}  total {counts['total']}  completed "
-               f"{counts['completed']}  failed {counts['failed']}  chunks {summary['chunks']}")
-    for error in summary["errors"]:
-        click.echo(f"  line {error['line']}: {error['field']}: {error['message']}")
+    chunks = "  ".join(f"{k} {v}" for k, v in sorted(summary["chunks"].items())) or "none"
+    lines = [f"{summary['id']}  {summary['status']}  total {counts['total']}  "
+             f"completed {counts['completed']}  failed {counts['failed']}  chunks: {chunks}"]
+    lines += [f"  line {e['line']}: {e['field']}: {e['message']}" for e in summary["errors"]]
+    return lines
 
 
-def _watch(url: str, job_id: str, interval: float) -> None:
+def _watch(url: str, job_id: str, interval: float, timeout: float | None) -> bool:
+    """Follow the job; True once it ended, False when ``timeout`` ran out first. The
+    progress bar goes to stderr, so stdout holds only the final status (or its JSON)."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, transient=False) as progress:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    console = Console(stderr=True)
+    # Off a terminal the bar would print a line per refresh into a log: only the end.
+    with Progress(*columns, console=console, transient=False,
+                  disable=not sys.stderr.isatty()) as progress:
         job = _load(url, job_id)
         task = progress.add_task(job.status, total=job.total or None)
         while True:
@@ -104,7 +151,9 @@ def _watch(url: str, job_id: str, interval: float) -> None:
             progress.update(task, completed=job.completed + job.failed, total=job.total,
                             description=f"{job_id} {job.status}")
             if JobStatus(job.status) in TERMINAL_JOB_STATUSES:
-                return
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
             time.sleep(interval)
 
 
@@ -122,14 +171,16 @@ def results(job_id: str, output: Path) -> None:
 
 @jobs.command()
 @click.argument("job_id")
-def cancel(job_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print {id, status} as JSON.")
+def cancel(job_id: str, as_json: bool) -> None:
     """Start no new chunk; running chunks finish and their results are kept."""
     settings = context.settings()
     with session_scope(settings.database_url) as session:
         job = cancel_job(session, job_id)
         if job is None:
             raise click.ClickException(f"no job {job_id}")
-        click.echo(f"{job.id} {job.status}")
+        shown = {"id": job.id, "status": str(job.status)}
+    click.echo(json.dumps(shown) if as_json else f"{shown['id']} {shown['status']}")
 
 
 for _command in (list_cmd, show, retry):

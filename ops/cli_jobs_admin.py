@@ -8,13 +8,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from db.engine import session_scope
 from db.models import Job, JobStatus, utcnow
 from db.queries_admin import job_stages, list_jobs
 from ops import context
+from ops.tables import MISSING, cell, print_table
 from orchestration.retry import RetryError, retry_failed
 
 _AGE = re.compile(r"^(\d+)([smhdw])$")
@@ -51,13 +50,10 @@ def list_cmd(status: str | None, tenant: str | None, since: str | None, limit: i
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="jobs")
-    for column in ("id", "status", "tenant", "total", "completed", "failed", "created"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["id"], r["status"], r["tenant"], str(r["total"]), str(r["completed"]),
-                      str(r["failed"]), r["created_at"])
-    Console(width=140).print(table)
+    print_table(f"jobs ({len(rows)})",
+                ("id", "status", "tenant", "total", "completed", "failed", "created"),
+                [(r["id"], r["status"], r["tenant"], str(r["total"]), str(r["completed"]),
+                  str(r["failed"]), cell(r["created_at"])) for r in rows])
 
 
 @click.command()
@@ -78,38 +74,51 @@ def show(job_id: str, as_json: bool) -> None:
 
 
 def _print(s: dict[str, Any]) -> None:
-    echo = click.echo
-    echo(f"{s['id']}  {s['status']}  tenant {s['tenant']}  models {','.join(s['models'])}  "
-         f"ranker {s['ranker']}  fuser {s['fuser']}")
-    echo("requests:    " + "  ".join(f"{k} {v}" for k, v in s["requests"].items()))
-    echo("chunks:      " + ("  ".join(f"{k} {v}" for k, v in s["chunks"].items()) or "-"))
-    echo(f"candidates:  ok {s['candidates']['ok']}  failed {s['candidates']['failed']}")
+    for line in show_lines(s):
+        click.echo(line)
+
+
+def show_lines(s: dict[str, Any]) -> list[str]:
+    """The human form of ``jobs show``: words and ``-`` for what has not happened, never a
+    Python ``None`` or repr."""
+    lines = [f"{s['id']}  {s['status']}  tenant {s['tenant']}  models {','.join(s['models'])}  "
+             f"ranker {s['ranker'] or 'default'}  fuser {s['fuser'] or 'none'}",
+             "requests:    " + "  ".join(f"{k} {v}" for k, v in s["requests"].items()),
+             "chunks:      " + ("  ".join(f"{k} {v}" for k, v in s["chunks"].items())
+                                or MISSING),
+             f"candidates:  ok {s['candidates']['ok']}  failed {s['candidates']['failed']}"]
     for model, c in s["candidates"]["by_model"].items():
-        echo(f"  {model}: ok {c['ok']}  failed {c['failed']}  "
-             f"avg latency {c['avg_latency_ms']} ms")
-    echo(f"comparisons: {s['comparisons']}  rankings: {s['rankings']}  "
-         f"fusions: {s['fusions']}")
+        latency = MISSING if c["avg_latency_ms"] is None else f"{c['avg_latency_ms']} ms"
+        lines.append(f"  {model}: ok {c['ok']}  failed {c['failed']}  avg latency {latency}")
+    lines.append(f"comparisons: {s['comparisons']}  rankings: {s['rankings']}  "
+                 f"fusions: {s['fusions']}")
     errors = s["errors"]
     if errors["requests"] or errors["candidates"] or errors["validation"]:
-        echo("errors:")
-    for e in errors["requests"]:
-        echo(f"  {e['count']:>5}  request: {e['reason']}")
-    for e in errors["candidates"]:
-        echo(f"  {e['count']:>5}  {e['model']}: {e['reason']}")
-    for e in errors["validation"]:
-        echo(f"         line {e['line']}: {e['field']}: {e['message']}")
+        lines.append("errors:")
+    lines += [f"  {e['count']:>5}  request: {e['reason']}" for e in errors["requests"]]
+    lines += [f"  {e['count']:>5}  {e['model']}: {e['reason']}" for e in errors["candidates"]]
+    lines += [f"         line {e['line']}: {e['field']}: {e['message']}"
+              for e in errors["validation"]]
     t = s["timings"]
-    echo(f"timings: created {t['created_at']}  ended {t['ended_at']}  "
-         f"duration {t['duration_s']} s")
+    if t["ended_at"] is None:
+        lines.append(f"timings: created {t['created_at']}  not ended yet")
+    else:
+        lines.append(f"timings: created {t['created_at']}  ended {t['ended_at']}  "
+                     f"duration {t['duration_s']} s")
     for stage in ("generation", "ranking", "fusion"):
-        echo(f"  {stage:<10} {t[stage][0]} .. {t[stage][1]}")
-    for r in s["retries"]:
-        echo(f"retried {r['requests']} request(s) at {r['at']}")
+        first, last = t[stage]
+        span = "not started" if first is None and last is None else (
+            f"{cell(first)} .. {cell(last)}")
+        lines.append(f"  {stage:<10} {span}")
+    lines += [f"retried {r['requests']} request(s) at {r['at']}" for r in s["retries"]]
+    return lines
 
 
 @click.command()
 @click.argument("job_id")
-def retry(job_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {id, status, requests, chunks} as JSON.")
+def retry(job_id: str, as_json: bool) -> None:
     """Run a finished job's failed requests again (see orchestration/retry.py)."""
     settings = context.settings()
     app = context.app(settings)
@@ -118,6 +127,10 @@ def retry(job_id: str) -> None:
             done = retry_failed(session, app, job_id)
     except RetryError as exc:
         raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"id": job_id, "status": str(done["status"]),
+                               "requests": done["requests"], "chunks": done["chunks"]}))
+        return
     if not done["requests"]:
         click.echo(f"{job_id}: no failed request to retry")
         return
