@@ -44,7 +44,7 @@ def insert_ignore(
 
 
 def bulk_insert_ignore(session: Session, model: type[SQLModel] | Table,
-                       rows: Sequence[dict[str, Any]]) -> int:
+                       rows: Sequence[dict[str, Any]], *, wait_for_flush: bool = True) -> int:
     """Bulk idempotent insert in the caller's transaction; returns how many rows were new
     (fewer than ``len(rows)`` means some were stored already; those keep their values).
 
@@ -62,6 +62,14 @@ def bulk_insert_ignore(session: Session, model: type[SQLModel] | Table,
     takes SQLAlchemy's executemany. Every row needs the same keys, and text may not hold
     NUL (PostgreSQL refuses it): both errors name the row and the column. Other dialects
     (the embedded SQLite file) take executemany too.
+
+    ``wait_for_flush=False`` sets ``synchronous_commit = off`` for the caller's transaction
+    only: its COMMIT returns before the WAL reaches disk (a PostgreSQL crash can lose the
+    last ~0.6 s of such commits; the database stays consistent). Meant for the ranking
+    worker's comparison batches: they are recomputable, written idempotently, and the
+    task's later ranking commit (synchronous, before anything is published or acked)
+    flushes the WAL up to and past them. Not for a transaction that anything outside the
+    database acts on.
     """
     if not rows:
         return 0
@@ -80,6 +88,12 @@ def bulk_insert_ignore(session: Session, model: type[SQLModel] | Table,
         return len(session.execute(insert.returning(literal_column("1")), list(rows)).all())
     raw = session.connection().connection.driver_connection
     assert raw is not None
+    if not wait_for_flush:
+        # One round trip for BEGIN, the setting and the insert.
+        with raw.pipeline(), raw.cursor() as cursor:
+            cursor.execute(_NO_FLUSH_WAIT)
+            cursor.execute(plan.statement, arrays)
+        return int(cursor.rowcount)
     with raw.cursor() as cursor:
         cursor.execute(plan.statement, arrays)
         return int(cursor.rowcount)
@@ -104,6 +118,7 @@ class _Plan:
     python_defaults: bool  # a column left out has a default only SQLAlchemy applies
 
 
+_NO_FLUSH_WAIT = "SET LOCAL synchronous_commit = off"
 _plans: dict[tuple[Table, tuple[str, ...], str], _Plan] = {}
 
 

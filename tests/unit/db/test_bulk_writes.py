@@ -166,3 +166,24 @@ def test_sqlite_fallback_is_idempotent_too(tmp_path: Path) -> None:
         assert len(stored) == 6
         assert stored[(ids[2], "b")].params == {"k": [ids[2]]}
     engine.dispose()
+
+
+def test_without_flush_wait_counts_the_same_and_only_this_transaction(
+        session: Session, pg_url: str) -> None:
+    ids = _requests(session, 20)
+    rows = [_candidate(rid, m) for rid in ids for m in ("a", "b")]
+    assert bulk_insert_ignore(session, Candidate, rows[:10], wait_for_flush=False) == 10
+    assert bulk_insert_ignore(session, Candidate, rows, wait_for_flush=False) == 30
+    assert bulk_insert_ignore(session, Candidate, rows, wait_for_flush=False) == 0
+    assert len(_stored(session, ids)) == 40
+    show = "SHOW synchronous_commit"
+    assert session.connection().exec_driver_sql(show).scalar() == "off"
+    # SET LOCAL: a later transaction on a pooled connection waits for its flush again.
+    engine = create_engine(pg_url, pool_size=1)
+    with Session(engine) as other:
+        other_ids = _requests(other, 2)
+        assert bulk_insert_ignore(other, Candidate, [_candidate(rid, "a") for rid in other_ids],
+                                  wait_for_flush=False) == 2
+        other.rollback()
+        assert other.connection().exec_driver_sql(show).scalar() == "on"
+    engine.dispose()
