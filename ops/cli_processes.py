@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ops import context
+from ops import context, metrics
 from orchestration import dispatcher as relay
 from orchestration.celery_app import FUSE_QUEUE, RANK_QUEUE, declare_dead_letters, gen_queue
 
@@ -51,6 +51,8 @@ def _start(queues: list[str], warm: list[tuple[str, str]], pool: str, node: str,
 
     settings = context.settings()
     app = context.app(settings)
+    # Up while the models load (live, not ready), so an orchestrator waits, not restarts.
+    metrics.serve_worker(settings)
     registry = context.registry(settings)
     if settings.torch_threads is not None:
         import torch
@@ -176,6 +178,7 @@ def dispatcher(poll: float) -> None:
     """Relay the outbox to RabbitMQ until interrupted."""
     settings = context.settings()
     app = context.app(settings)
+    metrics.serve_dispatcher(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

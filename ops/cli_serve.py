@@ -21,6 +21,10 @@ def serve(host: str, port: int, workers: int, forwarded_allow_ips: str | None) -
     import uvicorn
 
     context.settings()  # refuses invalid settings here, before any process starts
+    if workers > 1:  # /metrics sums the processes' counters, which they keep in files
+        from ops.metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir()
     # Access logs carry method, path and status only; keys travel in headers or a
     # cookie, which are never logged.
     uvicorn.run("ops.api.app:served_app", factory=True, host=host, port=port,

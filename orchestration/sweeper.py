@@ -5,7 +5,9 @@ RabbitMQ only carries wake-ups; PostgreSQL holds each active chunk's stage and l
 or when the stage's message did not start within ``chunk_start_timeout``. Then:
 
 - if a queue the chunk waits on still holds ready messages, its message may simply wait
-  behind others (a deep backlog, a paused model): the lease is extended, nothing counted;
+  behind others (a deep backlog, a paused model), and if one of its outbox rows is still
+  pending, its message has not been published yet (the broker is away or refuses it):
+  either way the lease is extended and nothing counted;
 - otherwise the message is gone (a purged or deleted queue, a lost node, a dead letter):
   the chunk's stage is re-published through the outbox (only the generators whose
   candidates are missing, or the rank or fuse message), and ``sweeps`` counts it;
@@ -30,7 +32,18 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from db.engine import session_scope
-from db.models import Candidate, Chunk, ChunkStage, ChunkStatus, Job, Request, RequestStatus, utcnow
+from db.models import (
+    Candidate,
+    Chunk,
+    ChunkStage,
+    ChunkStatus,
+    Job,
+    Outbox,
+    OutboxStatus,
+    Request,
+    RequestStatus,
+    utcnow,
+)
 from orchestration import lifecycle, outbox
 from orchestration.canvas import chunk_canvas, fuse_signature, rank_signature, to_payload
 from orchestration.celery_app import FUSE_QUEUE, RANK_QUEUE, gen_queue
@@ -115,7 +128,7 @@ def _sweep_one(settings: Settings, app: Celery, chunk_id: int,
         if any(d is None for d in found):
             return None  # the broker is away: nothing can be told now
         bound = now + timedelta(seconds=settings.chunk_start_timeout)
-        if any(d for d in found):
+        if any(d for d in found) or _unsent(session, chunk_id):
             chunk.lease_until = bound
             session.add(chunk)
             report.extended.append(chunk_id)
@@ -138,6 +151,15 @@ def _sweep_one(settings: Settings, app: Celery, chunk_id: int,
         log.warning("sweep.republished", chunk_id=chunk_id, job_id=chunk.job_id,
                     stage=chunk.stage, models=missing, sweeps=chunk.sweeps)
     return None
+
+
+def _unsent(session: Session, chunk_id: int) -> bool:
+    """Whether a message of the chunk still waits in the outbox: not lost, only not yet
+    published (the broker refuses or is away), and the dispatcher keeps trying."""
+    return session.exec(
+        select(func.count()).select_from(Outbox)
+        .where(Outbox.chunk_id == chunk_id, Outbox.status == OutboxStatus.PENDING)
+    ).one() > 0
 
 
 def _missing_models(session: Session, chunk: Chunk, job: Job) -> list[str]:

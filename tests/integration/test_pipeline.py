@@ -82,10 +82,15 @@ def test_24_prompts_through_three_generators(stack: Stack, tmp_path: Path) -> No
         assert count(session, Fusion, job_id) == 24
         chunks = session.exec(select(Chunk).where(Chunk.job_id == job_id)).all()
         assert sorted(c.status for c in chunks) == ["done"] * 3
-        # One counted part per generate task and one queued body per chunk: no double fire.
-        bodies = session.exec(select(Outbox).where(Outbox.job_id == job_id,
-                                                   Outbox.kind == "signature")).all()
-        assert len(bodies) == 3 and all(b.status == "sent" for b in bodies)
+        # One counted part per generate task, one queued rank body (chord:) and one fuse
+        # hop (fuse:, written by the rank task) per chunk: no double fire.
+        hops = session.exec(select(Outbox).where(Outbox.job_id == job_id,
+                                                 Outbox.kind == "signature")).all()
+        assert sorted((h.dedup_key or "").split(":")[0] for h in hops) == [
+            "chord"] * 3 + ["fuse"] * 3
+        assert all(h.status == "sent" for h in hops)
+        assert sorted(h.dedup_key for h in hops if h.dedup_key.startswith("fuse")) == sorted(
+            f"fuse:{c.id}:0" for c in chunks)
         parts = session.exec(select(func.count()).select_from(ChordPart)).one()
         assert parts >= 9
         requests = {r.custom_id: r for r in session.exec(
