@@ -82,8 +82,10 @@ class RankerRecipe:
     """How the demo ranker is trained; the quality report retrains from the same one."""
 
     # Bumped whenever demo_data.py writes different prompts for the same settings.
-    data_version: int = 1
-    prompts: int = 600
+    data_version: int = 2
+    prompts: int = 900
+    # None: every family, the checkable ones and the open questions at four levels.
+    families: tuple[str, ...] | None = None
     seed: int = 0
     heldout_fraction: float = 0.2
     # Trained on no prompt of this family, so the report can show what carries over.
@@ -99,10 +101,10 @@ class RankerRecipe:
 
     def data(self) -> tuple[list[Prompt], list[Prompt], list[Prompt]]:
         """(training prompts, held-out prompts of trained families, the unseen family)."""
-        from workers.ranking.demo_data import make_prompts, split
+        from workers.ranking.demo_data import ALL_FAMILIES, make_prompts, split
 
-        return split(make_prompts(self.prompts, self.seed), self.heldout_fraction,
-                     self.heldout_family)
+        prompts = make_prompts(self.prompts, self.seed, self.families or ALL_FAMILIES)
+        return split(prompts, self.heldout_fraction, self.heldout_family)
 
     @property
     def dirname(self) -> str:
@@ -199,6 +201,7 @@ def minilm_ranker(seed: int = 0) -> PairRanker:
 
 def train_minilm_ranker(recipe: RankerRecipe = DEMO_RANKER,
                         log: Callable[[str], None] | None = None,
+                        on_step: Callable[[PairRanker, int, int], None] | None = None,
                         ) -> tuple[PairRanker, dict[str, Any]]:
     """The demo ranker, trained on ``recipe``'s training prompts; and what the training
     did (pairs, seconds, loss), as stored beside the weights."""
@@ -215,7 +218,9 @@ def train_minilm_ranker(recipe: RankerRecipe = DEMO_RANKER,
     with spare_cpu_threads() as threads:
         losses = train(ranker, pairs, epochs=recipe.epochs, lr=recipe.lr,
                        batch_size=recipe.batch_size, seed=recipe.seed,
-                       head_lr=recipe.head_lr, freeze=recipe.freeze, warmup=recipe.warmup)
+                       head_lr=recipe.head_lr, freeze=recipe.freeze, warmup=recipe.warmup,
+                       on_step=None if on_step is None else
+                       (lambda step, total: on_step(ranker, step, total)))
     seconds = time.perf_counter() - started
     return ranker, {"recipe": asdict(recipe), "train_prompts": len(train_prompts),
                     "train_pairs": len(pairs), "seconds": round(seconds, 1),

@@ -17,17 +17,28 @@ answer, restated question, truncated, repetition, another question's answer) and
 family's own mistakes (off by one, wrong operation, flipped comparison, wrong capital,
 ...); top-1 (a right answer ranked first by max_logits); the same pairwise accuracy on
 the family no model trained on.
+
+And on the hand-written held-out set (``ops/bench/ranker_heldout.py``: 84 prompts of kinds
+the recipe never writes, four answers each: correct, one flaw, fluent but wrong,
+off-topic or cut off): pairwise accuracy over pairs of different levels, top-1 (the
+correct answer first) and the correct answer against each other level. The targets are
+pairwise >= 0.70, top-1 >= 0.45 and the PairRanker at least the pointwise baseline.
+``--curve N`` measures both trained models on it N times during training (accuracy
+against steps and pairs seen), to show where more training stops paying.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ops.bench import ranker_heldout
 from ops.bench.ranker_pointwise import PointwiseScorer, RandomComparer
 from workers.demo_models import (
     DEMO_RANKER,
@@ -69,31 +80,60 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+class Curve:
+    """Hand-written held-out figures at ``points`` evenly spaced steps of a training run;
+    the time spent measuring is kept apart from the training time."""
+
+    def __init__(self, points: int, items: Sequence[ranker_heldout.Graded],
+                 batch_size: int) -> None:
+        self.points, self.items, self.batch_size = points, items, batch_size
+        self.rows: list[dict[str, Any]] = []
+        self.seconds = 0.0
+
+    def __call__(self, model: Comparer, step: int, total: int) -> None:
+        marks = {round(total * k / self.points) for k in range(1, self.points + 1)}
+        if self.points <= 0 or step not in marks:
+            return
+        started = time.perf_counter()
+        figures = ranker_heldout.measure(model, self.items)
+        self.rows.append({"step": step, "pairs_seen": step * self.batch_size,
+                          "accuracy": figures["accuracy"], "top1": figures["top1"]})
+        self.seconds += time.perf_counter() - started
+
+
 def report(recipe: RankerRecipe = DEMO_RANKER, ranker_path: Path | None = None,
-           limit: int | None = None, log: Any = print) -> dict[str, Any]:
+           limit: int | None = None, log: Any = print, curve_points: int = 0,
+           pointwise: bool = True) -> dict[str, Any]:
     """Train (or load) each model, then measure all of them on the same held-out sets;
-    ``limit`` caps how many held-out prompts of each set are used."""
+    ``limit`` caps how many held-out prompts of each generated set are used."""
     from workers.ranking.pairranker import PairRanker
     from workers.ranking.training import train
 
+    handwritten = ranker_heldout.load()
     train_prompts, test, unseen = recipe.data()
     test, unseen = test[:limit], unseen[:limit]
+    curves: dict[str, list[dict[str, Any]]] = {}
     models: list[tuple[str, Comparer, float | None]] = [
         ("random", RandomComparer(recipe.seed), None),
         ("untrained PairRanker (random head)", minilm_ranker(recipe.seed), None)]
 
-    base = minilm_ranker(recipe.seed)
-    pointwise = PointwiseScorer(base.backbone, base.tokenizer, base.source_maxlength,
-                                base.candidate_maxlength)
     pairs = train_pairs(train_prompts, recipe.pairs_per_prompt, recipe.seed)
-    log(f"training the pointwise baseline on {len(pairs)} pairs")
-    started = time.perf_counter()
-    with spare_cpu_threads():
-        train(pointwise, pairs, epochs=recipe.epochs, lr=recipe.lr,
-              batch_size=recipe.batch_size, seed=recipe.seed, head_lr=recipe.head_lr,
-              freeze=recipe.freeze, warmup=recipe.warmup)
-    models.append(("pointwise (same backbone, head, pairs)", pointwise,
-                   time.perf_counter() - started))
+    if pointwise:
+        base = minilm_ranker(recipe.seed)
+        scorer = PointwiseScorer(base.backbone, base.tokenizer, base.source_maxlength,
+                                 base.candidate_maxlength)
+        log(f"training the pointwise baseline on {len(pairs)} pairs")
+        point_curve = Curve(curve_points, handwritten, recipe.batch_size)
+        started = time.perf_counter()
+        with spare_cpu_threads():
+            train(scorer, pairs, epochs=recipe.epochs, lr=recipe.lr,
+                  batch_size=recipe.batch_size, seed=recipe.seed, head_lr=recipe.head_lr,
+                  freeze=recipe.freeze, warmup=recipe.warmup,
+                  on_step=lambda step, total: point_curve(scorer, step, total))
+        models.append(("pointwise (same backbone, head, pairs)", scorer,
+                       time.perf_counter() - started - point_curve.seconds))
+        if curve_points:
+            curves["pointwise"] = point_curve.rows
 
     if ranker_path is not None:
         stats_file = ranker_path / "demo_training.json"
@@ -103,8 +143,12 @@ def report(recipe: RankerRecipe = DEMO_RANKER, ranker_path: Path | None = None,
                        PairRanker.from_pretrained(str(ranker_path), device="cpu"), seconds))
     else:
         log(f"training the PairRanker on {len(pairs)} pairs")
-        ranker, stats = train_minilm_ranker(recipe)
-        models.append(("PairRanker (the demo ranker)", ranker, stats["seconds"]))
+        pair_curve = Curve(curve_points, handwritten, recipe.batch_size)
+        ranker, stats = train_minilm_ranker(recipe, on_step=pair_curve)
+        models.append(("PairRanker (the demo ranker)", ranker,
+                       stats["seconds"] - pair_curve.seconds))
+        if curve_points:
+            curves["PairRanker"] = pair_curve.rows
 
     rows = []
     for name, model, seconds in models:
@@ -112,9 +156,11 @@ def report(recipe: RankerRecipe = DEMO_RANKER, ranker_path: Path | None = None,
         with spare_cpu_threads():
             rows.append({"model": name, "train_seconds": seconds,
                          "heldout": measure(model, test),
-                         "unseen_family": measure(model, unseen)})
-    return {"recipe": {**recipe.__dict__, "freeze": list(recipe.freeze)},
-            "train_prompts": len(train_prompts), "train_pairs": len(pairs), "models": rows}
+                         "unseen_family": measure(model, unseen),
+                         "handwritten": ranker_heldout.measure(model, handwritten)})
+    return {"recipe": asdict(recipe),
+            "train_prompts": len(train_prompts), "train_pairs": len(pairs), "models": rows,
+            "curves": curves}
 
 
 def _fmt(value: float | None) -> str:
@@ -141,6 +187,25 @@ def print_table(result: dict[str, Any]) -> None:
     print("held-out/unseen: pairwise accuracy over right-wrong pairs; generic/own: held-out "
           "pairs whose wrong answer is a generic failure / the family's own mistake; top-1: "
           "a right answer ranked first")
+    hand = first["handwritten"]
+    print(f"\nhand-written held-out set: {hand['prompts']} prompts, {hand['pairs']} pairs of "
+          "different quality (targets: pairwise >= 0.70, top-1 >= 0.45)")
+    header = (f"{'model':<40} {'pairwise':>8} {'top-1':>6} {'vs flaw':>7} {'vs wrong':>8} "
+              f"{'vs off':>6} {'vs cut':>6}")
+    print(header)
+    print("-" * len(header))
+    for row in result["models"]:
+        h = row["handwritten"]
+        print(f"{row['model']:<40} {_fmt(h['accuracy']):>8} {_fmt(h['top1']):>6} "
+              f"{_fmt(h['correct_vs_one_flaw']):>7} {_fmt(h['correct_vs_fluent_wrong']):>8} "
+              f"{_fmt(h['correct_vs_off_topic']):>6} {_fmt(h['correct_vs_cut_off']):>6}")
+    print("vs X: the correct answer preferred to the answer with one flaw / fluent but wrong "
+          "/ off-topic / cut off")
+    for name, points in result.get("curves", {}).items():
+        print(f"\ncurve, {name}: step, pairs seen, hand-written pairwise, top-1")
+        for p in points:
+            print(f"  {p['step']:>5} {p['pairs_seen']:>6} {_fmt(p['accuracy'])} "
+                  f"{_fmt(p['top1'])}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -149,13 +214,38 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="measure this PairRanker checkpoint instead of training one")
     parser.add_argument("--limit", type=int, help="held-out prompts per set (default: all)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--curve", type=int, default=0, metavar="N",
+                        help="measure both trained models on the hand-written set N times "
+                             "during training")
+    parser.add_argument("--skip-pointwise", action="store_true",
+                        help="train and measure the PairRanker only (while iterating)")
+    parser.add_argument("--recipe", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a field of the DEMO_RANKER recipe (JSON value), e.g. "
+                             "--recipe prompts=400 --recipe pairs_per_prompt=5")
     args = parser.parse_args(argv)
     log = (lambda message: None) if args.json else print
-    result = report(DEMO_RANKER, args.ranker_path, args.limit, log)
+    recipe = dataclasses.replace(DEMO_RANKER, **_overrides(args.recipe, parser))
+    result = report(recipe, args.ranker_path, args.limit, log, args.curve,
+                    pointwise=not args.skip_pointwise)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print_table(result)
+
+
+def _overrides(items: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    fields = {f.name for f in dataclasses.fields(RankerRecipe)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in fields:
+            parser.error(f"--recipe {item}: no field {name!r}; fields: {sorted(fields)}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value  # a bare string, such as a family name
+        out[name] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out
 
 
 if __name__ == "__main__":

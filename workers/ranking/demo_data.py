@@ -13,6 +13,13 @@ Families: ``arithmetic``, ``compare``, ``convert`` (units), ``count`` (letters, 
 months, letters, numbers). Each prompt has a ``key`` naming what it asks (the numbers,
 the country, ...): splits are by key, so a rephrasing of a held-out question never
 appears in training.
+
+Open questions (``GRADED_FAMILIES``, written by ``demo_graded``: animals, countries'
+languages and money, organs, tools, sports, dishes) have four quality levels instead of
+right and wrong: correct, one flaw, fluent but wrong, off-topic or cut off. Every
+candidate has a level (``Prompt.quality``): on the checkable families a right answer is
+3, the family's own mistake 1 (a fluent wrong answer) and a generic failure 0, so
+training pairs teach one order across all families.
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import product
 
+from workers.ranking import demo_graded
 from workers.ranking.evaluation import ListExample, PairExample
 from workers.ranking.training import TrainPair
 
 FAMILIES = ("arithmetic", "compare", "convert", "count", "order", "facts", "sequence")
+GRADED_FAMILIES = tuple(demo_graded.FAMILIES)
+ALL_FAMILIES = FAMILIES + GRADED_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class Candidate:
     text: str
     answer: str | None  # what it states, normalised; None: it gives no answer
     kind: str  # the style of a right answer, or the error of a wrong one
+    level: int | None = None  # open questions: 3 correct ... 0 off-topic or cut off
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,17 @@ class Prompt:
     candidates: tuple[Candidate, ...]
 
     def is_correct(self, candidate: Candidate) -> bool:
+        if candidate.level is not None:
+            return candidate.level == demo_graded.CORRECT
         return candidate.answer == self.answer
+
+    def quality(self, candidate: Candidate) -> int:
+        """3 right, 2 one flaw, 1 fluent but wrong, 0 no answer, off-topic or cut off."""
+        if candidate.level is not None:
+            return candidate.level
+        if self.is_correct(candidate):
+            return demo_graded.CORRECT
+        return demo_graded.OFF if candidate.kind in GENERIC_KINDS else demo_graded.FLUENT_WRONG
 
 
 # Phrasings of an answer: "{x}" is the value, other fields are the question's terms.
@@ -406,11 +427,12 @@ def make_prompts(n: int, seed: int = 0, families: Iterable[str] = FAMILIES,
     ``p_generic``, else one of the family's own mistakes.
     """
     chosen = list(families)
-    unknown = sorted(set(chosen) - set(FAMILIES))
+    unknown = sorted(set(chosen) - set(ALL_FAMILIES))
     if unknown or not chosen:
-        raise ValueError(f"unknown families {unknown}; choose from {FAMILIES}")
+        raise ValueError(f"unknown families {unknown}; choose from {ALL_FAMILIES}")
     rng = random.Random(seed)
-    questions: list[_Question] = []
+    graded = demo_graded.builders()
+    questions: list[_Question | demo_graded.Question] = []
     seen: set[str] = set()
     # Small families (facts, sequence) run out of distinct keys: stop asking them.
     misses = dict.fromkeys(chosen, 0)
@@ -421,19 +443,48 @@ def make_prompts(n: int, seed: int = 0, families: Iterable[str] = FAMILIES,
             raise ValueError(f"only {len(questions)} distinct prompts exist for {chosen}")
         family = live[turn % len(live)]
         turn += 1
-        q = _BUILDERS[family](rng)
+        q = graded[family](rng) if family in graded else _BUILDERS[family](rng)
         if q.key in seen:
             misses[family] += 1
             continue
         seen.add(q.key)
         questions.append(q)
-    foreign = [(_phrase(q, q.answer, rng), q.answer) for q in questions]
+    foreign = [(_phrase(q, q.answer, rng), q.answer) if isinstance(q, _Question)
+               else (q.answers[0].text, q.answers[0].text) for q in questions]
     prompts = []
     for q in questions:
+        if isinstance(q, demo_graded.Question):
+            prompts.append(_graded_prompt(q, rng, foreign))
+            continue
         others = [f for f in rng.sample(foreign, min(8, len(foreign))) if f[1] != q.answer]
         prompts.append(Prompt(q.family, q.key, q.source, q.answer,
                               _candidates(q, rng, n_right, n_wrong, others, p_generic)))
     return prompts
+
+
+def _graded_prompt(q: demo_graded.Question, rng: random.Random,
+                   foreign: Sequence[tuple[str, str]]) -> Prompt:
+    """The four levels, plus another question's answer (off-topic) and a generic failure
+    (no answer, the question restated), all level 0 but the first three."""
+    correct = q.answers[0].text
+    thing = q.key.split(":", 1)[1].lower()
+    off = next(t for t, _ in (rng.choice(foreign) for _ in range(1000))
+               if thing not in t.lower())
+    generic = rng.choice([_Generic(rng.choice(_NO_ANSWER), "no_answer"),
+                          _Generic(rng.choice(_RESTATE).format(q=q.source),
+                                   "restated_question")])
+    cands = [Candidate(a.text, a.text if a.level == demo_graded.CORRECT else None, a.kind,
+                       a.level) for a in q.answers]
+    cands += [Candidate(off, None, "off_topic", demo_graded.OFF),
+              Candidate(generic.text, None, generic.kind, demo_graded.OFF)]
+    rng.shuffle(cands)
+    return Prompt(q.family, q.key, q.source, correct, tuple(cands))
+
+
+@dataclass(frozen=True)
+class _Generic:
+    text: str
+    kind: str
 
 
 def is_heldout(prompt: Prompt, fraction: float) -> bool:
@@ -462,22 +513,23 @@ def split(prompts: Sequence[Prompt], heldout_fraction: float = 0.2,
 
 def train_pairs(prompts: Iterable[Prompt], pairs_per_prompt: int = 4,
                 seed: int = 0) -> list[TrainPair]:
-    """Random (right, wrong) pairs of each prompt, as PairRM samples a few per example."""
+    """Random (better, worse) pairs of each prompt by quality level, as PairRM samples a
+    few per example."""
     rng = random.Random(seed)
     out: list[TrainPair] = []
     for p in prompts:
         options = [(a, b) for a, b in product(p.candidates, p.candidates)
-                   if p.is_correct(a) and not p.is_correct(b)]
+                   if p.quality(a) > p.quality(b)]
         for a, b in rng.sample(options, min(pairs_per_prompt, len(options))):
             out.append(TrainPair(p.source, a.text, b.text))
     return out
 
 
 def eval_lists(prompts: Iterable[Prompt]) -> list[ListExample]:
-    """Each prompt's candidates with reference 1 (right) or 0 (wrong): ``evaluate`` then
-    judges every right-wrong pair and whether the top-ranked answer is right."""
+    """Each prompt's candidates with their quality level as reference: ``evaluate`` then
+    judges every pair of different levels and whether the top-ranked answer is right."""
     return [ListExample(p.source, [c.text for c in p.candidates],
-                        [1.0 if p.is_correct(c) else 0.0 for c in p.candidates])
+                        [float(p.quality(c)) for c in p.candidates])
             for p in prompts]
 
 

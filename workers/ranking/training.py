@@ -95,7 +95,8 @@ def train(ranker: PairModel, pairs: list[TrainPair], epochs: int = 1, lr: float 
           batch_size: int = 8, seed: int = 0,
           progress: Callable[[int, float], None] | None = None,
           head_lr: float | None = None, freeze: Sequence[str] = (),
-          warmup: float | None = None) -> list[float]:
+          warmup: float | None = None,
+          on_step: Callable[[int, int], None] | None = None) -> list[float]:
     """Fine-tune in place; returns the mean loss of each epoch.
 
     ``head_lr`` (default ``lr``): a freshly initialised head needs a far larger step than
@@ -106,6 +107,8 @@ def train(ranker: PairModel, pairs: list[TrainPair], epochs: int = 1, lr: float 
     ``warmup``: None keeps the rate constant (gentle further training of a trained
     ranker); a fraction of the steps warms it up linearly and it then decays linearly to
     zero, which lets a short run from a fresh head use a large rate without diverging.
+    ``on_step(step, total_steps)`` runs after each optimizer step (a learning curve
+    measures the model there); training mode is restored after it.
     """
     import torch
 
@@ -146,6 +149,10 @@ def train(ranker: PairModel, pairs: list[TrainPair], epochs: int = 1, lr: float 
                 optimizer.step()
                 scheduler.step()
                 total += float(loss.detach()) * len(batch)
+                if on_step is not None:
+                    on_step(scheduler.last_epoch, total_steps)
+                    ranker.backbone.train()
+                    ranker.head_layer.train()
             losses.append(total / len(rows))
             if progress is not None:
                 progress(epoch + 1, losses[-1])

@@ -135,13 +135,18 @@ def test_splits_share_no_question_and_hold_out_a_family() -> None:
     assert {p.key for p in test} <= bigger_test
 
 
-def test_pairs_put_the_right_answer_first_for_training_and_anywhere_for_eval() -> None:
+def test_pairs_put_the_better_answer_first_for_training_and_anywhere_for_eval() -> None:
     prompts = make_prompts(60, seed=0)
     right = {(p.source, c.text) for p in prompts for c in p.candidates if p.is_correct(c)}
+    level = {(p.source, c.text): p.quality(c) for p in prompts for c in p.candidates}
     pairs = demo_data.train_pairs(prompts, pairs_per_prompt=4)
     assert len(pairs) == 4 * len(prompts)
-    assert all((t.source, t.better) in right and (t.source, t.worse) not in right
-               for t in pairs)
+    assert all(level[(t.source, t.better)] > level[(t.source, t.worse)] for t in pairs)
+    # A right answer is 3, a family's own mistake 1, no answer at all 0.
+    for p in prompts:
+        for c in p.candidates:
+            assert p.quality(c) == (3 if p.is_correct(c) else
+                                    0 if c.kind in demo_data.GENERIC_KINDS else 1)
     examples = demo_data.eval_pairs(prompts)
     assert len(examples) == 6 * len(prompts)  # every right-wrong pair
     assert all(((e.source, e.a) in right) == e.a_better for e in examples)
