@@ -135,6 +135,15 @@ def purge(queue: str, yes: bool, as_json: bool) -> None:
     settings = context.settings()
     with session_scope(settings.database_url) as session:
         queue = _resolve(session, queue)
+    [before] = qa.queue_states(settings.broker_url, [queue])
+    if not before.exists:
+        # Nothing ever declared it (no worker or publish yet), so nothing waits on it.
+        if as_json:
+            _echo_json({"queue": queue, "exists": False, "messages": 0, "chunks": [],
+                        "reason": qa.PURGE_REASON, "consumers": 0})
+        else:
+            click.echo(f"0 message(s) purged from {queue}: it is not declared yet")
+        return
     drained = qa.Drained(settings.broker_url, queue)
     try:
         with session_scope(settings.database_url) as session:
@@ -145,7 +154,8 @@ def purge(queue: str, yes: bool, as_json: bool) -> None:
     drained.ack()
     [state] = qa.queue_states(settings.broker_url, [queue])
     if as_json:
-        _echo_json({"queue": queue, "messages": drained.count, "chunks": sorted(drained.chunks),
+        _echo_json({"queue": queue, "exists": True, "messages": drained.count,
+                    "chunks": sorted(drained.chunks),
                     "reason": qa.PURGE_REASON, "consumers": state.consumers})
         return
     click.echo(f"{drained.count} message(s) purged from {queue}; "
