@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workers.devices import pick_device, pick_dtype, weights_revision
+from workers.metrics import observe_batches
 from workers.ranking.batching import DEFAULT_BATCH_COST, DEFAULT_TOKEN_BUDGET, pack
 
 if TYPE_CHECKING:
@@ -322,7 +323,11 @@ class PairRanker:
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         encoded = [self._encode(s, a, b) for s, a, b in pairs]
-        batches = pack([len(ids) for ids, _ in encoded], token_budget, batch_size, batch_cost)
+        lengths = [len(ids) for ids, _ in encoded]
+        batches = pack(lengths, token_budget, batch_size, batch_cost)
+        # blendq_batch_padding_ratio{stage="rank", model=<the backbone's name>}
+        observe_batches("rank", Path(str(getattr(self.backbone.config, "_name_or_path", "")))
+                        .name, lengths, batches)
         for idxs in batches:
             yield idxs, self.forward_encoded([encoded[i] for i in idxs])
 
