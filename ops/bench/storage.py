@@ -1,41 +1,60 @@
-"""Comparison rows per second through blendq's write path against plain ORM inserts, in
-one run, into the same table of the same database.
+"""Comparison and candidate rows per second through blendq's write paths against plain ORM
+inserts, in one run, into the same tables of the same database; every figure is also
+printed as a ratio against the ORM baseline of that run.
 
-    python -m ops.bench.storage                          # 24,000 rows a way, batches of 256
+    python -m ops.bench.storage                          # 4,000 requests, batches of 256
     python -m ops.bench.storage --requests 10000 --batch 512
 
-- copy: ``db.writes.copy_insert_ignore``, what the ranking worker does with each batch of
-  logits (COPY into a temporary table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING``),
-  one transaction a batch;
-- orm: ``session.add_all`` of ``Comparison`` objects and ``commit``, one a batch;
-- copy again: the same rows through copy_insert_ignore a second time, every one a conflict
-  (what a redelivered ranking task costs).
+Comparison rows (6 ordered pairs of 3 candidates a request), one transaction a batch:
+- unnest: ``db.writes.copy_insert_ignore`` (= ``bulk_insert_ignore``), what the ranking
+  worker does with each batch of logits: one ``INSERT … SELECT * FROM unnest(…) ON
+  CONFLICT DO NOTHING``;
+- orm: ``session.add_all`` of ``Comparison`` objects and ``commit`` (the baseline);
+- unnest again: the same rows a second time, every one a conflict (a redelivered task);
+- temp-table copy (and again): the path before issue 13, kept here to compare: COPY into a
+  temporary table, ``INSERT … SELECT … ON CONFLICT DO NOTHING``, TRUNCATE;
+- unnest, no flush wait: the same with ``wait_for_flush=False`` (this transaction commits
+  without waiting for its WAL to reach disk);
+- unnest, no FKs: the same statement into a copy of the table without its three foreign
+  keys, to show what PostgreSQL's per-row foreign key checks cost (not a path blendq takes).
 
-Each way writes every request's 6 ordered pairs of 3 candidates under a ranker revision of
-its own (so no way meets another's rows), in interleaved rounds; the median round counts.
-Needs PostgreSQL (BLENDQ_BENCH_ADMIN_URL); a fresh database is made and dropped. The table
-comes last.
+Candidate rows (3 a request, a few hundred characters of text, JSON params), the same way:
+``db.writes.insert_ignore`` as the generation worker calls it, its second delivery, ORM
+``add_all`` (the baseline) and SQLAlchemy's executemany (insert_ignore before issue 13).
+
+Each way writes under a ranker revision (or model names) of its own, so no way meets
+another's rows; within a round the ways take turns batch by batch, so a machine busy with
+other work slows each alike; the median round counts. Needs PostgreSQL
+(BLENDQ_BENCH_ADMIN_URL); a fresh database is made and dropped. The tables come last.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
-from sqlmodel import Session
+from sqlalchemy import MetaData, Table, func, insert
+from sqlalchemy.dialects import postgresql
+from sqlmodel import Session, SQLModel, col, select
 
 from db.engine import get_engine, session_scope
 from db.models import Candidate, Chunk, Comparison, Job, Request, utcnow
-from db.writes import copy_insert_ignore
+from db.writes import bulk_insert_ignore, copy_insert_ignore, insert_ignore
 from ops.bench.stack import fresh_database
 
 Rows = list[dict[str, Any]]
+Write = Callable[[str, Rows], int | None]
 MODELS = ("tiny-a", "tiny-b", "tiny-c")
+UNCHECKED = "comparison_without_fks"
+ANSWER = ("A candidate answer of a few sentences, about as long as a short reply from a "
+          "chat model: it restates the question, gives the answer and one reason. ") * 2
 
 
 def prepare(url: str, requests: int) -> list[tuple[int, list[int]]]:
@@ -68,72 +87,207 @@ def comparison_rows(requests: list[tuple[int, list[int]]], revision: str) -> Row
             for rid, cands in requests for a in cands for b in cands if a != b]
 
 
+def candidate_rows(requests: list[tuple[int, list[int]]], prefix: str) -> Rows:
+    """Rows as workers/generation/tasks.py ``_row`` builds them, under new model names."""
+    now = utcnow()
+    params = {"max_new_tokens": 256, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    return [{"request_id": rid, "model": f"{prefix}-{k}", "model_revision": "rev",
+             "params": params, "ok": True, "text": ANSWER, "error": None,
+             "prompt_tokens": 40, "completion_tokens": 80, "latency_ms": 12.5,
+             "created_at": now}
+            for rid, _ in requests for k in range(3)]
+
+
 def batches(rows: Rows, size: int) -> list[Rows]:
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
-def write_copy(url: str, rows: Rows, size: int) -> int:
-    written = 0
-    for batch in batches(rows, size):
-        with session_scope(url) as session:
-            written += copy_insert_ignore(session, Comparison, batch)
-    return written
+# Each writer stores one batch in one transaction, as the workers do, and returns how many
+# rows were new (None where the path does not say).
+
+def write_unnest(url: str, batch: Rows) -> int | None:
+    with session_scope(url) as session:
+        return copy_insert_ignore(session, Comparison, batch)
 
 
-def write_orm(url: str, rows: Rows, size: int) -> int:
-    engine = get_engine(url)
-    for batch in batches(rows, size):
-        with Session(engine) as session:
-            session.add_all([Comparison(**row) for row in batch])
+def write_unnest_no_flush_wait(url: str, batch: Rows) -> int | None:
+    with session_scope(url) as session:
+        return bulk_insert_ignore(session, Comparison, batch, wait_for_flush=False)
+
+
+@functools.cache
+def unchecked_table(url: str) -> Table:
+    return Table(UNCHECKED, MetaData(), autoload_with=get_engine(url))
+
+
+def write_unnest_without_fks(url: str, batch: Rows) -> int | None:
+    """The same statement into a copy of the comparison table that lacks its three foreign
+    keys: what their per-row checks cost (not a path blendq takes)."""
+    with session_scope(url) as session:
+        return bulk_insert_ignore(session, unchecked_table(url), batch)
+
+
+def temp_table_copy(session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]]
+                    ) -> int:
+    """db.writes.copy_insert_ignore as it was before issue 13, to compare against."""
+    table = model.__table__  # type: ignore[attr-defined]
+    columns = list(rows[0])
+    names = ", ".join(f'"{c}"' for c in columns)
+    temp = f"_copy_{table.name}_{zlib.crc32(','.join(columns).encode()):08x}"
+    connection = session.connection()
+    connection.exec_driver_sql(
+        f'CREATE TEMPORARY TABLE IF NOT EXISTS "{temp}" AS '
+        f'SELECT {names} FROM "{table.name}" WITH NO DATA')
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor, cursor.copy(f'COPY "{temp}" ({names}) FROM STDIN') as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in columns])
+    inserted = connection.exec_driver_sql(
+        f'INSERT INTO "{table.name}" ({names}) SELECT {names} FROM "{temp}" '
+        f"ON CONFLICT DO NOTHING")
+    connection.exec_driver_sql(f'TRUNCATE "{temp}"')
+    return int(inserted.rowcount)
+
+
+def write_temp_copy(url: str, batch: Rows) -> int | None:
+    with session_scope(url) as session:
+        return temp_table_copy(session, Comparison, batch)
+
+
+def write_candidates(url: str, batch: Rows) -> int | None:
+    with session_scope(url) as session:
+        insert_ignore(session, Candidate, batch)
+    return None
+
+
+def write_candidates_executemany(url: str, batch: Rows) -> int | None:
+    """insert_ignore(Candidate) as it was before issue 13: SQLAlchemy's executemany."""
+    with session_scope(url) as session:
+        session.execute(postgresql.insert(Candidate).on_conflict_do_nothing(), batch)
+    return None
+
+
+def orm_writer(model: type[SQLModel]) -> Write:
+    def write(url: str, batch: Rows) -> int | None:
+        with Session(get_engine(url)) as session:
+            session.add_all([model(**row) for row in batch])
             session.commit()
-    return len(rows)
+        return None
+    return write
 
 
-def timed(write: Callable[[str, Rows, int], int], url: str, rows: Rows,
-          size: int) -> tuple[float, int]:
-    started = time.perf_counter()
-    written = write(url, rows, size)
-    return time.perf_counter() - started, written
+def stored_candidates(url: str, prefix: str) -> int:
+    with session_scope(url) as session:
+        return session.exec(select(func.count()).select_from(Candidate)
+                            .where(col(Candidate.model).startswith(prefix))).one()
+
+
+@dataclass(frozen=True)
+class Way:
+    name: str
+    label: str
+    kind: str  # "comparison" or "candidate"
+    write: Write
+    again: bool = False  # writes the previous way's rows a second time
+    baseline: bool = False
+
+
+WAYS = [
+    Way("orm", "ORM add_all + commit", "comparison", orm_writer(Comparison), baseline=True),
+    Way("unnest", "copy_insert_ignore: INSERT … unnest (ranking)", "comparison", write_unnest),
+    Way("unnest again", "copy_insert_ignore, all rows already stored", "comparison",
+        write_unnest, again=True),
+    Way("temp copy", "COPY to temporary table (before issue 13)", "comparison",
+        write_temp_copy),
+    Way("temp copy again", "COPY to temporary table, all rows stored", "comparison",
+        write_temp_copy, again=True),
+    Way("unnest, no flush wait", "copy_insert_ignore(wait_for_flush=False)", "comparison",
+        write_unnest_no_flush_wait),
+    Way("unnest, no FKs", "  same, table copy without its 3 foreign keys", "comparison",
+        write_unnest_without_fks),
+    Way("cand orm", "ORM add_all + commit", "candidate", orm_writer(Candidate), baseline=True),
+    Way("cand insert_ignore", "insert_ignore(Candidate) (generation)", "candidate",
+        write_candidates),
+    Way("cand again", "insert_ignore(Candidate), all rows stored", "candidate",
+        write_candidates, again=True),
+    Way("cand executemany", "executemany (insert_ignore before issue 13)", "candidate",
+        write_candidates_executemany),
+]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=4000,
-                        help="6 comparison rows each, per way and round")
+                        help="6 comparison rows and 3 candidate rows each, per way and round")
     parser.add_argument("--batch", type=int, default=256,
                         help="rows a transaction (a ranking batch)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    rates: dict[str, list[float]] = {"copy": [], "orm": [], "copy again": []}
+    rates: dict[str, list[float]] = {way.name: [] for way in WAYS}
     with fresh_database(f"blendq_bench_storage_{os.getpid()}") as url:
         requests = prepare(url, args.requests)
-        rows_per_way = len(comparison_rows(requests[:1], "x")) * len(requests)
-        # A warm-up round: connections, the temporary table, the ORM's mapper caches.
-        write_copy(url, comparison_rows(requests[:200], "warm-copy"), args.batch)
-        write_orm(url, comparison_rows(requests[:200], "warm-orm"), args.batch)
+        with session_scope(url) as session:
+            session.connection().exec_driver_sql(
+                f"CREATE TABLE {UNCHECKED} (LIKE comparison INCLUDING ALL)")
+        sizes = {"comparison": 6 * len(requests), "candidate": 3 * len(requests)}
+
+        def rows_for(way: Way, reqs: list[tuple[int, list[int]]], tag: str) -> Rows:
+            make = comparison_rows if way.kind == "comparison" else candidate_rows
+            return make(reqs, f"{way.name}-{tag}")
+
+        # A warm-up round: connections, prepared statements, the ORM's mapper caches.
+        for way in WAYS:
+            for batch in batches(rows_for(way, requests[:200], "warm"), args.batch):
+                way.write(url, batch)
         for round_no in range(args.rounds):
-            copy_rows = comparison_rows(requests, f"copy-{round_no}")
-            seconds, written = timed(write_copy, url, copy_rows, args.batch)
-            assert written == rows_per_way, (written, rows_per_way)
-            rates["copy"].append(written / seconds)
-            seconds, written = timed(write_orm, url, comparison_rows(
-                requests, f"orm-{round_no}"), args.batch)
-            rates["orm"].append(written / seconds)
-            seconds, written = timed(write_copy, url, copy_rows, args.batch)
-            assert written == 0, f"a second delivery stored {written} rows"
-            rates["copy again"].append(rows_per_way / seconds)
+            # Every way's rows (an "again" way repeats the way before it), then batch by
+            # batch, each way in turn: a busy machine slows every way alike.
+            work: dict[str, list[Rows]] = {}
+            for way, previous in zip(WAYS, [None, *WAYS], strict=False):
+                work[way.name] = (work[previous.name] if way.again and previous
+                                  else batches(rows_for(way, requests, str(round_no)),
+                                               args.batch))
+            seconds = dict.fromkeys(work, 0.0)
+            new_rows = dict.fromkeys(work, 0)
+            for index in range(max(map(len, work.values()))):
+                for way in WAYS:
+                    if index >= len(work[way.name]):
+                        continue  # 3 candidate rows a request against 6 comparisons
+                    started = time.perf_counter()
+                    inserted = way.write(url, work[way.name][index])
+                    seconds[way.name] += time.perf_counter() - started
+                    new_rows[way.name] += inserted or 0
+            for way in WAYS:
+                rates[way.name].append(sizes[way.kind] / seconds[way.name])
+                if way.kind == "comparison" and not way.baseline:
+                    # The writers' own count: every row new once, none on the second pass.
+                    expected = 0 if way.again else sizes[way.kind]
+                    assert new_rows[way.name] == expected, (way.name, new_rows[way.name])
+                elif way.kind == "candidate":
+                    # insert_ignore returns no count: the table says each row is there once.
+                    source = way.name if not way.again else WAYS[WAYS.index(way) - 1].name
+                    stored = stored_candidates(url, f"{source}-{round_no}-")
+                    assert stored == sizes["candidate"], (way.name, stored)
             print(f"round {round_no + 1}: " + ", ".join(
-                f"{way} {values[-1]:,.0f} rows/s" for way, values in rates.items()), flush=True)
+                f"{way} {values[-1]:,.0f}" for way, values in rates.items()) + " rows/s",
+                flush=True)
 
     median = {way: statistics.median(values) for way, values in rates.items()}
-    print(f"\n{rows_per_way:,} comparison rows a way and round, {args.batch} a transaction, "
-          f"median of {args.rounds} rounds")
-    print(f"{'write path':<46} {'rows/s':>10}")
-    print(f"{'copy_insert_ignore (the ranking worker)':<46} {median['copy']:>10,.0f}")
-    print(f"{'ORM add_all + commit':<46} {median['orm']:>10,.0f}")
-    print(f"{'copy_insert_ignore, all rows already stored':<46} {median['copy again']:>10,.0f}")
-    print(f"copy / orm: {median['copy'] / median['orm']:.1f}x")
+    print(f"\n{sizes['comparison']:,} comparison and {sizes['candidate']:,} candidate rows a "
+          f"way and round, {args.batch} a transaction, median of {args.rounds} rounds")
+    print(f"{'write path':<48} {'rows/s':>10} {'/ orm':>7}")
+    for kind, baseline in (("comparison", "orm"), ("candidate", "cand orm")):
+        print(f"{kind} rows")
+        for way in WAYS:
+            if way.kind == kind:
+                print(f"  {way.label:<46} {median[way.name]:>10,.0f} "
+                      f"{median[way.name] / median[baseline]:>6.1f}x")
+    print(f"comparison unnest / orm: {median['unnest'] / median['orm']:.1f}x "
+          f"(temp-table copy / orm: {median['temp copy'] / median['orm']:.1f}x)")
+    print(f"candidate insert_ignore / orm: "
+          f"{median['cand insert_ignore'] / median['cand orm']:.1f}x")
 
 
 if __name__ == "__main__":
