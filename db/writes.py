@@ -89,7 +89,7 @@ def bulk_insert_ignore(session: Session, model: type[SQLModel] | Table,
     raw = session.connection().connection.driver_connection
     assert raw is not None
     if not wait_for_flush:
-        # One round trip for BEGIN, the setting and the insert.
+        # The setting and the insert in one round trip.
         with raw.pipeline(), raw.cursor() as cursor:
             cursor.execute(_NO_FLUSH_WAIT)
             cursor.execute(plan.statement, arrays)
