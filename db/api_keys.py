@@ -3,6 +3,10 @@
 A key reads ``bq_<key_id>_<secret>``. Only a SHA-256 hash of the secret is stored: the
 secret is 256 random bits, so a fast hash is enough (a slow password hash protects
 guessable secrets, which these are not) and the check costs microseconds per request.
+
+The auditor pages sign a browser in to a session instead of keeping the key in a cookie:
+the cookie holds a random token, stored hashed with an expiry, ended at sign-out and when
+its key is revoked.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, delete, select
 
-from db.models import ApiKey, ApiRole, Tenant, utcnow
+from db.models import ApiKey, ApiRole, ApiSession, Tenant, utcnow
 
 PREFIX = "bq"
 _SHAPE = re.compile(r"^bq_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})$")
@@ -62,6 +67,8 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         session.add(key)
+    # Its browsers are signed out at once (the session check also reads revoked_at).
+    session.execute(delete(ApiSession).where(col(ApiSession.key_id) == key_id))
     return key
 
 
@@ -83,3 +90,36 @@ def authenticate(session: Session, raw: str) -> ApiKey | None:
     if not hmac.compare_digest(key.secret_hash, hash_secret(match.group(2))):
         return None
     return key
+
+
+# -- sessions of the auditor pages ------------------------------------------------------------
+def open_session(session: Session, key: ApiKey, lifetime: timedelta) -> str:
+    """A new session for ``key``; returns the token for the cookie (never stored)."""
+    now = utcnow()
+    # Expired sessions of this key go now: the table holds only live ones and a few more.
+    session.execute(delete(ApiSession).where(col(ApiSession.key_id) == key.key_id,
+                                             col(ApiSession.expires_at) < now))
+    token = secrets.token_urlsafe(32)
+    session.add(ApiSession(token_hash=hash_secret(token), key_id=key.key_id, created_at=now,
+                           expires_at=now + lifetime))
+    session.flush()
+    return token
+
+
+def session_key(session: Session, token: str) -> ApiKey | None:
+    """The live key of a live session, or None (unknown, expired, signed out, revoked)."""
+    if not token or len(token) > 128 or not token.isascii():
+        return None
+    found = session.get(ApiSession, hash_secret(token))
+    if found is None or found.expires_at <= utcnow():
+        return None
+    key = session.get(ApiKey, found.key_id)
+    if key is None or key.revoked_at is not None:
+        return None
+    return key
+
+
+def close_session(session: Session, token: str) -> None:
+    if token and len(token) <= 128 and token.isascii():
+        session.execute(delete(ApiSession).where(
+            col(ApiSession.token_hash) == hash_secret(token)))

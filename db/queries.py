@@ -91,6 +91,8 @@ def _line(request: Request, cands: list[Candidate], ranking: Ranking | None,
             for c in cands
         ],
         "error": request.error,
+        # The caller's own metadata of the line, as given (null when it gave none).
+        "metadata": request.meta,
     }
 
 

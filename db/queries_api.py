@@ -7,6 +7,7 @@ no id of another tenant is ever confirmed.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,8 @@ from sqlalchemy import func, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from db.models import BatchFile, Candidate, IdempotencyKey, Job, Request
+from db.models import ApiSecret, BatchFile, Candidate, IdempotencyKey, Job, Request, utcnow
+from db.writes import insert_ignore
 
 # A batch is a job made from an uploaded file: its input_file is that file's id, a shape
 # no path that `jobs submit` records is likely to have.
@@ -138,3 +140,16 @@ def remember(session: Session, tenant: str, scope: str, key: str,
             raise
         return winner
     return None
+
+
+# -- secrets the server processes share ------------------------------------------------------
+def shared_secret(session: Session, name: str, size: int = 32) -> bytes:
+    """The secret ``name``, made on first use; every process reads the one that won."""
+    found = session.get(ApiSecret, name)
+    if found is None:
+        insert_ignore(session, ApiSecret, [{"name": name, "value": secrets.token_bytes(size),
+                                            "created_at": utcnow()}])
+        session.flush()
+        found = session.get(ApiSecret, name)
+        assert found is not None  # inserted, or another process's row won
+    return bytes(found.value)

@@ -39,3 +39,39 @@ def take(engine: Engine, key_id: str, per_minute: int) -> float:
             return 0.0
         wait = connection.execute(_WAIT, values).scalar()
     return max(float(wait or 0.0), 0.0)
+
+
+# -- failed key attempts per client address -------------------------------------------------
+# The same bucket over api_address_bucket: a failed attempt takes a token, and an address
+# whose bucket is empty gets no key checked at all until it refills.
+_ADDRESS_REFILLED = _REFILLED.replace("b.", "a.")
+_CHARGE = text(f"""
+    INSERT INTO api_address_bucket AS a (address, tokens, updated_at)
+    VALUES (:address, :capacity - 1, clock_timestamp())
+    ON CONFLICT (address) DO UPDATE
+        SET tokens = GREATEST({_ADDRESS_REFILLED} - 1, 0), updated_at = clock_timestamp()
+""")
+_ADDRESS_WAIT = text(f"SELECT (1 - {_ADDRESS_REFILLED}) / :per_second "
+                     "FROM api_address_bucket AS a WHERE a.address = :address")
+# Rows of addresses that stopped failing: a full bucket is the same as no row.
+_FORGET = text("DELETE FROM api_address_bucket WHERE updated_at < clock_timestamp() - "
+               "make_interval(secs => :idle)")
+
+
+def address_wait(engine: Engine, address: str, per_minute: int) -> float:
+    """0 when keys from ``address`` may be checked now, else the seconds until they may."""
+    values = {"address": address, "capacity": float(per_minute),
+              "per_second": per_minute / 60.0}
+    with engine.connect() as connection:
+        wait = connection.execute(_ADDRESS_WAIT, values).scalar()
+    return max(float(wait or 0.0), 0.0)
+
+
+def charge_failure(engine: Engine, address: str, per_minute: int) -> None:
+    """Count one failed key attempt from ``address``."""
+    values = {"address": address, "capacity": float(per_minute),
+              "per_second": per_minute / 60.0}
+    with engine.begin() as connection:
+        connection.execute(_CHARGE, values)
+        # A bucket refills fully within a minute; an hour idle is long forgotten.
+        connection.execute(_FORGET, {"idle": 3600.0})

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     # Requests per minute one API key may make (a token bucket per key and server process).
     api_rate_limit_per_minute: int = Field(default=600, ge=1)
+    # Failed key attempts per minute one client address may make before it gets 429.
+    api_failed_auth_per_minute: int = Field(default=30, ge=1)
     # Operating (README: Operating). Workers send task events (Flower, celery events);
     # false turns them off. Workers and the dispatcher serve /metrics, /healthz and /readyz
     # on metrics_port (unset: no server; give each process on a host a port of its own).

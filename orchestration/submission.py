@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -18,7 +18,7 @@ from orchestration import outbox
 from orchestration.canvas import chunk_canvas, to_payload
 from orchestration.lifecycle import transition
 from orchestration.registry import Registry, RegistryError
-from orchestration.validation import ValidationResult, validate_lines
+from orchestration.validation import LineCheck, ValidationResult, validate_lines
 
 log = structlog.get_logger(__name__)
 # Kept equal to workers.ranking.strategies (orchestration never imports workers; a unit
@@ -106,16 +106,20 @@ def find_existing(session: Session, tenant: str, key: str | None) -> Job | None:
 
 
 def submit(session: Session, app: Celery, lines: Iterable[bytes], options: JobOptions,
-           registry: Registry, input_file: str | None = None) -> Submitted:
+           registry: Registry, input_file: str | None = None, *,
+           check: LineCheck | None = None, defer: bool = False) -> Submitted:
     """Validate and store a job in the caller's transaction (the caller commits).
 
     The same idempotency key returns the job that already holds it, whatever the file.
+    ``check`` refuses lines beyond their shape (validate_lines). ``defer``: store the job
+    as ``validating`` and read none of ``lines``; ``validate_job`` does the rest later (the
+    Batch API answers a create before it reads the file, as OpenAI's does).
     """
     existing = find_existing(session, options.tenant, options.idempotency_key)
     if existing is not None:
         return Submitted(existing, created=False)
     options = resolve_options(options, registry)
-    validation = validate_lines(lines)
+    validation = None if defer else validate_lines(lines, check)
     now = utcnow()
     job = Job(
         tenant=options.tenant, idempotency_key=options.idempotency_key,
@@ -125,15 +129,8 @@ def submit(session: Session, app: Celery, lines: Iterable[bytes], options: JobOp
         meta=options.metadata or None, created_at=now,
         expires_at=now + timedelta(hours=options.completion_window_hours),
     )
-    if validation.ok:
-        transition(job, JobStatus.IN_PROGRESS, now)
-        job.total = len(validation.requests)
-    else:
-        transition(job, JobStatus.FAILED, now)
-        job.errors = [e.as_dict() for e in validation.errors]
-        if validation.error_count > len(validation.errors):
-            job.errors.append({"line": 0, "field": "(file)", "message":
-                               f"{validation.error_count - len(validation.errors)} more errors"})
+    if validation is not None:
+        _settle(job, validation, now)
     try:
         with session.begin_nested():
             session.add(job)
@@ -144,11 +141,39 @@ def submit(session: Session, app: Celery, lines: Iterable[bytes], options: JobOp
         if found is None:
             raise
         return Submitted(found, created=False)
-    if validation.ok:
+    if validation is not None and validation.ok:
         _store_requests(session, app, job, validation, options)
     log.info("job.submitted", job_id=job.id, status=job.status, requests=job.total,
-             errors=validation.error_count)
+             errors=None if validation is None else validation.error_count)
     return Submitted(job, created=True, validation=validation)
+
+
+def validate_job(session: Session, app: Celery, job: Job, lines: Iterable[bytes],
+                 check: LineCheck | None = None) -> ValidationResult:
+    """Validate the lines of a job stored ``validating`` (``submit(defer=True)``; the caller
+    holds its row lock and commits): it becomes in_progress with its requests and canvases,
+    or failed with the errors."""
+    validation = validate_lines(lines, check)
+    _settle(job, validation, utcnow())
+    session.add(job)
+    if validation.ok:
+        _store_requests(session, app, job, validation,
+                        JobOptions(models=list(job.models), chunk_size=job.chunk_size))
+    log.info("job.validated", job_id=job.id, status=job.status, requests=job.total,
+             errors=validation.error_count)
+    return validation
+
+
+def _settle(job: Job, validation: ValidationResult, now: datetime) -> None:
+    if validation.ok:
+        transition(job, JobStatus.IN_PROGRESS, now)
+        job.total = len(validation.requests)
+    else:
+        transition(job, JobStatus.FAILED, now)
+        job.errors = [e.as_dict() for e in validation.errors]
+        if validation.error_count > len(validation.errors):
+            job.errors.append({"line": 0, "field": "(file)", "message":
+                               f"{validation.error_count - len(validation.errors)} more errors"})
 
 
 def _store_requests(session: Session, app: Celery, job: Job, validation: ValidationResult,
@@ -164,7 +189,8 @@ def _store_requests(session: Session, app: Celery, job: Job, validation: Validat
         session.execute(insert(Request), [
             {"job_id": job.id, "chunk_id": chunk.id, "line_no": p.line_no,
              "custom_id": p.custom_id, "instruction": p.instruction, "input": p.input,
-             "messages": p.messages, "params": p.params, "status": RequestStatus.PENDING}
+             "messages": p.messages, "params": p.params, "metadata": p.metadata,
+             "status": RequestStatus.PENDING}
             for p in part
         ])
         job.chunks_left += 1

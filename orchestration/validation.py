@@ -1,7 +1,9 @@
 """Validation of a JSONL input file, whole, before anything is stored or dispatched.
 
 Two line shapes are accepted:
-- native: ``{"custom_id", "instruction", "input"}``
+- native: ``{"custom_id", "instruction", "input", "params", "metadata"}``; the instruction
+  may be left out when an input is given (the input is then the prompt), and ``metadata``
+  is the caller's own object, kept and given back on the result line
 - an OpenAI Batch request line: ``{"custom_id", "method", "url", "body": {"messages": [...]}}``;
   its messages are kept for the generators and rendered into instruction/input for the
   ranker and the fuser (``db/prompts.py``)
@@ -11,8 +13,10 @@ Every problem names its line (1-based), its field and the reason.
 
 from __future__ import annotations
 
+import codecs
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -26,7 +30,9 @@ MAX_CUSTOM_ID = 512
 MAX_ERRORS_KEPT = 100
 CHAT_URL = "/v1/chat/completions"
 ROLES = ("system", "developer", "user", "assistant")
-NATIVE_FIELDS = {"custom_id", "instruction", "input", "params"}
+NATIVE_FIELDS = {"custom_id", "instruction", "input", "params", "metadata"}
+# A native line's own metadata, as JSON; bounded so that it cannot outweigh the request.
+MAX_METADATA_BYTES = 16_384
 OPENAI_FIELDS = {"custom_id", "method", "url", "body"}
 PARAM_TYPES: dict[str, tuple[type, ...]] = {
     "max_new_tokens": (int,),
@@ -41,9 +47,11 @@ class LineError:
     line: int
     field: str
     message: str
+    code: str | None = None  # a machine-readable reason where one is defined
 
     def as_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "field": self.field, "message": self.message}
+        found = {"line": self.line, "field": self.field, "message": self.message}
+        return found if self.code is None else {**found, "code": self.code}
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.field}: {self.message}"
@@ -57,6 +65,7 @@ class ParsedRequest:
     input: str = ""
     messages: list[dict[str, str]] | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass
@@ -71,24 +80,32 @@ class ValidationResult:
 
 
 class _Invalid(Exception):
-    def __init__(self, field_name: str, message: str) -> None:
+    def __init__(self, field_name: str, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.field = field_name
         self.message = message
+        self.code = code
 
 
-def validate_lines(raw_lines: Iterable[bytes]) -> ValidationResult:
-    """Parse every line; collect all problems instead of stopping at the first."""
+# What a caller's check of each parsed line raises (e.g. the HTTP API's model check).
+InvalidLine = _Invalid
+LineCheck = Callable[[ParsedRequest], None]
+
+
+def validate_lines(raw_lines: Iterable[bytes],
+                   check: LineCheck | None = None) -> ValidationResult:
+    """Parse every line; collect all problems instead of stopping at the first.
+    ``check`` sees each line that parsed and may refuse it with ``InvalidLine``."""
     requests: list[ParsedRequest] = []
     errors: list[LineError] = []
     error_count = 0
     seen: dict[str, int] = {}
 
-    def fail(line: int, field_name: str, message: str) -> None:
+    def fail(line: int, field_name: str, message: str, code: str | None = None) -> None:
         nonlocal error_count
         error_count += 1
         if len(errors) < MAX_ERRORS_KEPT:
-            errors.append(LineError(line, field_name, message))
+            errors.append(LineError(line, field_name, message, code))
 
     size = 0
     for line_no, raw in enumerate(raw_lines, start=1):
@@ -96,6 +113,9 @@ def validate_lines(raw_lines: Iterable[bytes]) -> ValidationResult:
         if size > MAX_FILE_BYTES:
             fail(line_no, "(file)", f"the file is larger than {MAX_FILE_BYTES} bytes")
             break
+        if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+            # Spreadsheet and back-office exports start UTF-8 files with a byte-order mark.
+            raw = raw[len(codecs.BOM_UTF8):]
         if not raw.strip():
             continue
         if len(requests) >= MAX_REQUESTS:
@@ -103,8 +123,10 @@ def validate_lines(raw_lines: Iterable[bytes]) -> ValidationResult:
             break
         try:
             parsed = _parse_line(raw, line_no)
+            if check is not None:
+                check(parsed)
         except _Invalid as exc:
-            fail(line_no, exc.field, exc.message)
+            fail(line_no, exc.field, exc.message, exc.code)
             continue
         first = seen.get(parsed.custom_id)
         if first is not None:
@@ -148,13 +170,45 @@ def _parse_line(raw: bytes, line_no: int) -> ParsedRequest:
 
 def _parse_native(obj: dict[str, Any], line_no: int, custom_id: str) -> ParsedRequest:
     _no_unknown(obj, NATIVE_FIELDS, "")
-    instruction = _string(obj, "instruction")
     input_text = _string(obj, "input", required=False, allow_empty=True)
+    instruction = _string(obj, "instruction", required=not input_text.strip(),
+                          allow_empty=bool(input_text.strip()))
+    if not instruction.strip():
+        # Only an input (an export with one text column): it is the prompt.
+        instruction, input_text = input_text, ""
     params = obj.get("params", {})
     if not isinstance(params, dict):
         raise _Invalid("params", f"must be an object, got {_kind(params)}")
     return ParsedRequest(line_no, custom_id, instruction, input_text,
-                         params=_check_params(params, "params."))
+                         params=_check_params(params, "params."),
+                         metadata=_metadata(obj.get("metadata")))
+
+
+def _metadata(value: Any) -> dict[str, Any] | None:
+    """The caller's own metadata: an object of JSON that PostgreSQL can store, bounded."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Invalid("metadata", f"must be an object, got {_kind(value)}")
+    _storable(value, "metadata")
+    size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise _Invalid("metadata", f"is {size} bytes as JSON, the limit is {MAX_METADATA_BYTES}")
+    return value
+
+
+def _storable(value: Any, where: str) -> None:
+    if isinstance(value, str):
+        _text(value, where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(where, f"{value} is not a JSON number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _text(key, f"{where} (a key)")
+            _storable(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _storable(item, f"{where}[{index}]")
 
 
 def _parse_openai(obj: dict[str, Any], line_no: int, custom_id: str) -> ParsedRequest:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from ops.api import batch, errors, native, observability, pages
+from ops.api.headers import SecurityHeaders
 from ops.api.limits import BodySizeLimit
+from ops.api.text_checks import CleanUrl
 from orchestration.celery_app import configure
 from orchestration.registry import get_registry
 from orchestration.settings import Settings, get_settings
@@ -18,7 +20,9 @@ pairwise ranker compares them, a fuser merges the best.
 * `/api/v1/...`: blendq's native API (inline jobs, streamed results, audit and labels).
 * `/audit/...`: pages for auditors, in the browser.
 
-Every call needs an API key (`Authorization: Bearer <key>`; `manage.py keys create`).
+Every call needs an API key in the header `Authorization: Bearer <key>` (`manage.py keys
+create`); the pages' sign-in cookie is not accepted here. Requests are named by opaque ids
+(`req_…`).
 """
 
 
@@ -31,7 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = configure(settings)
     app.state.registry = get_registry(settings.registry_path, settings.database_url)
     errors.install(app)
+    # Outermost last: the headers go on every response, refusals included.
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)
+    app.add_middleware(CleanUrl)
+    app.add_middleware(SecurityHeaders)
     app.include_router(batch.router)
     app.include_router(native.router)
     app.include_router(pages.router)

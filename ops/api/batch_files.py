@@ -1,11 +1,18 @@
 """``/v1/files``: the Batch API's files. Uploads (purpose ``batch``) keep their bytes; a
-batch's output and error files are rendered from the stored results when downloaded."""
+batch's output and error files are rendered from the stored results when downloaded.
+
+An upload is checked as UTF-8 JSONL when it arrives (a leading byte-order mark allowed):
+a binary or truncated file is refused then, naming its first bad line, rather than
+accepted and failing later as a batch. Each line's fields are validated when a batch is
+made from it."""
 
 from __future__ import annotations
 
+import codecs
+import json
 import uuid
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import structlog
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
@@ -17,12 +24,15 @@ from db.models import ApiRole, BatchFile, Job
 from db.queries_api import files_page, remember, remembered, tenant_file
 from ops.api.batch_objects import ERROR, INPUT, OUTPUT, file_object, list_object
 from ops.api.batch_results import render
+from ops.api.batch_validation import file_lines
 from ops.api.deps import DB, Principal, require, settings_of
-from ops.api.errors import ApiError, not_found
+from ops.api.errors import ERROR_RESPONSES, ApiError, not_found
 from ops.api.idempotency import idempotency_key, mark_replayed
+from ops.api.public_ids import RequestIds, request_ids
+from ops.api.text_checks import text_problem
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["openai-batch"])
+router = APIRouter(tags=["openai-batch"], responses=ERROR_RESPONSES)
 READ = require(ApiRole.SUBMITTER, ApiRole.AUDITOR)
 WRITE = require(ApiRole.SUBMITTER)
 SCOPE = "file"
@@ -54,9 +64,13 @@ def upload(response: Response, file: UploadFile = File(...), purpose: str = Form
         if earlier is not None:
             return _replay(session, principal, earlier, response)
     content = file.file.read()
+    filename = (file.filename or "input.jsonl")[:MAX_FILENAME]
+    problem = text_problem(filename)
+    if problem is not None:
+        raise ApiError(400, f"file: its name {problem}.", param="file", code="invalid_file")
+    jsonl_problem(content)
     row = BatchFile(id=new_file_id(), tenant=principal.tenant, purpose=INPUT,
-                    filename=(file.filename or "input.jsonl")[:MAX_FILENAME],
-                    size=len(content), content=content)
+                    filename=filename, size=len(content), content=content)
     log.info("api.file.uploaded", file_id=row.id, tenant=principal.tenant,
              key_id=principal.key_id, bytes=row.size)
     if key is None:
@@ -74,6 +88,36 @@ def upload(response: Response, file: UploadFile = File(...), purpose: str = Form
     return file_object(row)
 
 
+def jsonl_problem(content: bytes) -> None:
+    """Refuse (400) content that is not UTF-8 JSONL: one JSON object per non-empty line."""
+    lines = 0
+    for line_no, raw in enumerate(file_lines(content), start=1):
+        if line_no == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            _bad_file(f"line {line_no}: not UTF-8 text (byte {exc.start} of the line); "
+                      "upload a JSONL file")
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except RecursionError:
+            _bad_file(f"line {line_no}: JSON nested too deeply")
+        except ValueError as exc:
+            _bad_file(f"line {line_no}: not valid JSON ({exc})")
+        if not isinstance(obj, dict):
+            _bad_file(f"line {line_no}: must be a JSON object, one request per line")
+        lines += 1
+    if lines == 0:
+        _bad_file("the file holds no lines; upload one JSON request per line")
+
+
+def _bad_file(message: str) -> NoReturn:
+    raise ApiError(400, f"file: {message}.", param="file", code="invalid_file")
+
+
 def _replay(session: Session, principal: Principal, file_id: str,
             response: Response) -> dict[str, Any]:
     earlier = tenant_file(session, principal.tenant, file_id)
@@ -86,8 +130,10 @@ def _replay(session: Session, principal: Principal, file_id: str,
 
 
 @router.get("/files", summary="The tenant's files, newest first")
-def list_files(after: str | None = None, limit: int = Query(10_000, ge=1, le=10_000),
-               order: Literal["asc", "desc"] = "desc", purpose: str | None = None,
+def list_files(after: str | None = Query(None, max_length=64),
+               limit: int = Query(10_000, ge=1, le=10_000),
+               order: Literal["asc", "desc"] = "desc",
+               purpose: str | None = Query(None, max_length=32),
                principal: Principal = Depends(READ),
                session: Session = DB) -> dict[str, Any]:
     purposes = None if purpose is None else (
@@ -112,18 +158,18 @@ def file_content(request: Request, file_id: str, principal: Principal = Depends(
         return Response(row.content, media_type="application/octet-stream")
     if row.job_id is None or session.get(Job, row.job_id) is None:
         raise not_found("file", file_id)
-    return StreamingResponse(_stream(settings_of(request).database_url, row.job_id,
-                                     row.purpose),
+    url = settings_of(request).database_url
+    return StreamingResponse(_stream(url, row.job_id, row.purpose, request_ids(url)),
                              media_type="application/jsonl; charset=utf-8")
 
 
-def _stream(url: str, job_id: str, purpose: str) -> Iterator[bytes]:
+def _stream(url: str, job_id: str, purpose: str, ids: RequestIds) -> Iterator[bytes]:
     # Its own session: the request's is closed once the route returns, before the body
     # has been sent.
     with session_scope(url) as session:
         job = session.get(Job, job_id)
         if job is not None:
-            yield from render(session, job, purpose)
+            yield from render(session, job, purpose, ids)
 
 
 @router.delete("/files/{file_id}", summary="Delete an uploaded file")

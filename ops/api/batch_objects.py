@@ -74,7 +74,9 @@ def batch_errors(errors: list[dict[str, Any]] | None) -> dict[str, Any] | None:
     for error in errors:
         field = error.get("field") or ""
         whole = field in ("(file)", "(line)")
-        data.append({"code": {"(file)": "invalid_file", "(line)": "invalid_json_line"}.get(
+        # A code of its own (model_not_found, mismatched_model), else one by the field.
+        data.append({"code": error.get("code") or {
+                         "(file)": "invalid_file", "(line)": "invalid_json_line"}.get(
                          field, "invalid_request"),
                      "message": f"{field}: {error.get('message')}" if field else
                      str(error.get("message")),
@@ -83,14 +85,18 @@ def batch_errors(errors: list[dict[str, Any]] | None) -> dict[str, Any] | None:
     return {"object": "list", "data": data}
 
 
-def output_line(job: Job, request: Request, result: dict[str, Any]) -> dict[str, Any]:
+def output_line(job: Job, request: Request, result: dict[str, Any],
+                public_id: str) -> dict[str, Any]:
     """A request that produced an answer: a chat.completion whose message is the fused
     answer, with blendq's whole result line (ranking, candidates, fusion) under
-    ``blendq``. ``usage`` counts every candidate's tokens: what the ensemble spent."""
+    ``blendq``. ``usage`` counts every candidate's tokens: what the ensemble spent.
+    ``public_id``: the request's opaque id (``req_…``); its row id is never shown."""
+    result = {**result, "request_id": public_id}
+    suffix = public_id.removeprefix("req_")
     prompt = sum(c["prompt_tokens"] for c in result["candidates"] if c["ok"])
     completion = sum(c["completion_tokens"] for c in result["candidates"] if c["ok"])
     body = {
-        "id": f"chatcmpl-{request.id}", "object": "chat.completion",
+        "id": f"chatcmpl-{suffix}", "object": "chat.completion",
         "created": unix(request.completed_at) or unix(job.created_at), "model": model_name(job),
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer(result),
                                              "refusal": None},
@@ -100,8 +106,8 @@ def output_line(job: Job, request: Request, result: dict[str, Any]) -> dict[str,
         "system_fingerprint": None,
         "blendq": result,
     }
-    return {"id": f"batch_req_{request.id}", "custom_id": request.custom_id,
-            "response": {"status_code": 200, "request_id": f"req_{request.id}", "body": body},
+    return {"id": f"batch_req_{suffix}", "custom_id": request.custom_id,
+            "response": {"status_code": 200, "request_id": public_id, "body": body},
             "error": None}
 
 
@@ -112,14 +118,15 @@ def answer(result: dict[str, Any]) -> str:
     return str(chosen["text"]) if chosen else ""
 
 
-def error_line(job: Job, request: Request) -> dict[str, Any]:
+def error_line(job: Job, request: Request, public_id: str) -> dict[str, Any]:
     """A request without an answer. Failures inside blendq are not HTTP errors of the
     request, so, as in the Batch API, ``response`` is null and ``error`` says why."""
     if request.status == "cancelled":
         code = "batch_expired" if job.status == JobStatus.EXPIRED else "batch_cancelled"
     else:
         code = "request_failed"
-    return {"id": f"batch_req_{request.id}", "custom_id": request.custom_id, "response": None,
+    return {"id": f"batch_req_{public_id.removeprefix('req_')}",
+            "custom_id": request.custom_id, "response": None,
             "error": {"code": code, "message": request.error or f"request {request.status}"}}
 
 

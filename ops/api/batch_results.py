@@ -28,6 +28,7 @@ from db.models import (
 from db.queries import result_rows
 from db.writes import insert_ignore
 from ops.api.batch_objects import ERROR, OUTPUT, error_line, jsonl, output_line
+from ops.api.public_ids import RequestIds
 
 ANSWERED = (RequestStatus.COMPLETED,)
 UNANSWERED = (RequestStatus.FAILED, RequestStatus.CANCELLED, RequestStatus.PENDING)
@@ -49,25 +50,26 @@ def finished(session: Session, job: Job) -> bool:
     return running == 0
 
 
-def result_files(session: Session, job: Job) -> tuple[str | None, str | None]:
+def result_files(session: Session, job: Job,
+                 ids: RequestIds) -> tuple[str | None, str | None]:
     """(output_file_id, error_file_id) of a finished batch, making their rows if needed;
     None where a file would be empty, as in the Batch API."""
     if not finished(session, job):
         return None, None
     answered = job.completed
     unanswered = job.total - job.completed
-    return (_ensure(session, job, OUTPUT) if answered else None,
-            _ensure(session, job, ERROR) if unanswered else None)
+    return (_ensure(session, job, OUTPUT, ids) if answered else None,
+            _ensure(session, job, ERROR, ids) if unanswered else None)
 
 
-def _ensure(session: Session, job: Job, purpose: str) -> str:
+def _ensure(session: Session, job: Job, purpose: str, ids: RequestIds) -> str:
     file_id = result_file_id(job, purpose)
     row = session.get(BatchFile, file_id)
     ended = _ended_at(job)
     if row is not None and (ended is None or row.created_at >= ended):
         return file_id
     # New, or made before an admin's `jobs retry` reopened the job: (re)measure it.
-    size = sum(len(chunk) for chunk in render(session, job, purpose))
+    size = sum(len(chunk) for chunk in render(session, job, purpose, ids))
     now = utcnow()
     if row is None:
         insert_ignore(session, BatchFile, [{
@@ -86,11 +88,11 @@ def _ended_at(job: Job) -> datetime | None:
     return max(stamps, default=None)
 
 
-def render(session: Session, job: Job, purpose: str) -> Iterator[bytes]:
+def render(session: Session, job: Job, purpose: str, ids: RequestIds) -> Iterator[bytes]:
     """The file's JSONL, line by line, in input order."""
     if purpose == OUTPUT:
         for request, result in result_rows(session, job.id, ANSWERED):
-            yield jsonl(output_line(job, request, result))
+            yield jsonl(output_line(job, request, result, ids.encode(request.id or 0)))
     else:
         for request, _result in result_rows(session, job.id, UNANSWERED):
-            yield jsonl(error_line(job, request))
+            yield jsonl(error_line(job, request, ids.encode(request.id or 0)))

@@ -12,16 +12,19 @@ from sqlmodel import Session
 from db.api_keys import authenticate
 from db.engine import get_engine, session_scope
 from db.models import ApiKey, ApiRole, utcnow
-from db.rate_limits import take
+from db.rate_limits import address_wait, charge_failure, take
 from ops.api.errors import ApiError
 from ops.api.limits import retry_after
 from orchestration.settings import Settings
 
-# Browsers (the auditor pages) carry the key in this cookie; programs send a Bearer header.
-SESSION_COOKIE = "blendq_key"
+# The auditor pages' sign-in: the cookie holds a session token (db/api_keys.py), never a
+# key. The /v1 and /api routes ignore it: they take only the Authorization header, so no
+# other site can make a signed-in browser call them.
+SESSION_COOKIE = "blendq_session"
 # last_used_at is for admins spotting dead keys: once a minute is precise enough and
 # spares a write per request.
 TOUCH_EVERY = timedelta(minutes=1)
+MAX_ADDRESS = 64
 
 
 @dataclass(frozen=True)
@@ -58,19 +61,48 @@ def presented_key(request: Request) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.cookies.get(SESSION_COOKIE) or None
+    return None
+
+
+def client_address(request: Request) -> str:
+    # Behind a proxy uvicorn puts the forwarded address here (serve --forwarded-allow-ips).
+    return (request.client.host if request.client else "unknown")[:MAX_ADDRESS]
+
+
+def _unauthorized(message: str, code: str) -> ApiError:
+    return ApiError(401, message, code=code, headers={"WWW-Authenticate": "Bearer"})
 
 
 def identify(request: Request, session: Session) -> ApiKey:
-    """The caller's live key, or 401; each identified request counts against its rate."""
+    """The caller's live key from the Authorization header, or 401."""
     raw = presented_key(request)
     if raw is None:
-        raise ApiError(401, "Missing API key: send the header 'Authorization: Bearer <key>'.",
-                       code="missing_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise _unauthorized("Missing API key: send the header 'Authorization: Bearer <key>'.",
+                            "missing_api_key")
+    return admit(request, session, check_key(request, session, raw))
+
+
+def check_key(request: Request, session: Session, raw: str) -> ApiKey:
+    """The live key ``raw`` is, or 401. A failed attempt counts against the client's
+    address; an address past its limit gets 429 before any key is checked, so guessing
+    goes no faster than the limit whatever the guesses are."""
+    settings = settings_of(request)
+    engine = get_engine(settings.database_url)
+    address = client_address(request)
+    per_minute = settings.api_failed_auth_per_minute
+    blocked = address_wait(engine, address, per_minute)
+    if blocked > 0:
+        raise ApiError(429, "Too many failed key attempts from this address; retry later.",
+                       code="rate_limit_exceeded", headers=retry_after(blocked))
     key = authenticate(session, raw)
     if key is None:
-        raise ApiError(401, "Invalid or revoked API key.", code="invalid_api_key",
-                       headers={"WWW-Authenticate": "Bearer"})
+        charge_failure(engine, address, per_minute)
+        raise _unauthorized("Invalid or revoked API key.", "invalid_api_key")
+    return key
+
+
+def admit(request: Request, session: Session, key: ApiKey) -> ApiKey:
+    """Count the request against the key's rate (429 past it) and note the key's use."""
     settings = settings_of(request)
     wait = take(get_engine(settings.database_url), key.key_id,
                 settings.api_rate_limit_per_minute)

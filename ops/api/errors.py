@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from db.queries_api import UnknownCursor
@@ -14,6 +15,25 @@ from db.queries_api import UnknownCursor
 _TYPES = {400: "invalid_request_error", 401: "authentication_error",
           403: "permission_error", 404: "not_found_error", 409: "conflict_error",
           413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error"}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# Documented on every route, so clients (and the fuzz test) know the error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description} for status, description in (
+        (400, "Invalid request"), (401, "Missing or invalid API key"),
+        (403, "The key's role may not do this"), (404, "Not found (or another tenant's)"),
+        (409, "Conflict"), (413, "Request too large"), (429, "Rate limited"))}
 
 
 class ApiError(Exception):
@@ -59,5 +79,7 @@ def install(app: FastAPI) -> None:
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request"
+        # A check of the whole body (text_checks.CleanBody) names its field in its message.
+        said = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        message = f"{where}: {said}" if where else said
         return JSONResponse(body(400, message, param=where or None), status_code=400)

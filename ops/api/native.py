@@ -3,7 +3,11 @@
 A job's requests travel in the JSON body, one object per request in the same shapes a
 JSONL file for ``manage.py jobs submit`` holds (native or OpenAI Batch lines); they are
 validated whole, as a file is: a job with bad requests is stored as ``failed`` with an
-error per line and field, and nothing of it runs.
+error per line and field, and nothing of it runs. The body is read as it arrives
+(ops/api/json_stream.py): the request past the cap is refused before the rest is read.
+
+Request ids are shown opaque (``req_…``, ops/api/public_ids.py), never the database's
+sequence.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from typing import Any
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
@@ -25,14 +30,18 @@ from db.queries_api import jobs_page, tenant_job
 from ops.api import native_audit
 from ops.api.batch_objects import list_object
 from ops.api.deps import DB, Principal, require, settings_of
-from ops.api.errors import ApiError, not_found
+from ops.api.errors import ERROR_RESPONSES, ApiError, body, not_found
 from ops.api.idempotency import idempotency_key, mark_replayed
+from ops.api.json_stream import BodyError, JobBody, read_job_body
+from ops.api.model_names import ModelCheck
 from ops.api.options import OptionError, job_options
+from ops.api.public_ids import RequestIds, request_ids
+from ops.api.text_checks import BadText, check_json, json_size
 from orchestration.lifecycle import cancel_job
 from orchestration.submission import find_existing, submit
 
 log = structlog.get_logger(__name__)
-router = APIRouter(prefix="/api/v1", tags=["native"])
+router = APIRouter(prefix="/api/v1", tags=["native"], responses=ERROR_RESPONSES)
 router.include_router(native_audit.router)
 ANY_ROLE = require(ApiRole.SUBMITTER, ApiRole.AUDITOR)
 SUBMIT = require(ApiRole.SUBMITTER)
@@ -51,6 +60,10 @@ class JobCreate(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
+# The job's own metadata, as JSON (each request may carry its own, as bounded).
+MAX_JOB_METADATA_BYTES = 16_384
+
+
 @router.get("/me", summary="The calling key: its id, tenant and role")
 def me(principal: Principal = Depends(ANY_ROLE)) -> dict[str, Any]:
     return {"key_id": principal.key_id, "tenant": principal.tenant, "role": principal.role}
@@ -63,10 +76,31 @@ def _job(session: Session, principal: Principal, job_id: str) -> Job:
     return job
 
 
-@router.post("/jobs", status_code=201, summary="Submit a job with its requests inline")
-def create_job(body: JobCreate, request: Request, response: Response,
-               principal: Principal = Depends(SUBMIT), session: Session = DB,
-               key: str | None = Depends(idempotency_key)) -> dict[str, Any]:
+@router.post("/jobs", status_code=201, summary="Submit a job with its requests inline",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": JobCreate.model_json_schema()}}}})
+async def create_job(request: Request, response: Response,
+                     principal: Principal = Depends(SUBMIT), session: Session = DB,
+                     key: str | None = Depends(idempotency_key)) -> Any:
+    # The key and role are checked (dependencies) before a byte of the body is read.
+    try:
+        given = await read_job_body(request.stream())
+        for name, value in (("options", given.options), ("metadata", given.metadata)):
+            check_json(value, name)
+    except BodyError as exc:
+        return JSONResponse(body(exc.status, exc.message, exc.param, exc.code),
+                            status_code=exc.status)
+    except BadText as exc:
+        return JSONResponse(body(400, str(exc), exc.where), status_code=400)
+    if given.metadata is not None and json_size(given.metadata) > MAX_JOB_METADATA_BYTES:
+        return JSONResponse(body(400, f"metadata: larger than {MAX_JOB_METADATA_BYTES} "
+                                      "bytes as JSON.", "metadata"), status_code=400)
+    return await run_in_threadpool(_create_job, request, response, principal, session, key,
+                                   given)
+
+
+def _create_job(request: Request, response: Response, principal: Principal,
+                session: Session, key: str | None, given: JobBody) -> dict[str, Any]:
     earlier = find_existing(session, principal.tenant, key)
     if earlier is not None:
         return _replayed(session, earlier, response)
@@ -74,14 +108,14 @@ def create_job(body: JobCreate, request: Request, response: Response,
     settings = settings_of(request)
     registry = request.app.state.registry
     try:
-        options = job_options(body.options, "options.", tenant.defaults if tenant else {},
+        options = job_options(given.options, "options.", tenant.defaults if tenant else {},
                               registry, chunk_size=settings.chunk_size,
                               tenant=principal.tenant, idempotency_key=key,
-                              metadata=body.metadata)
+                              metadata=given.metadata)
     except OptionError as exc:
         raise ApiError(400, str(exc), param=exc.param, code="invalid_option") from None
-    lines = (json.dumps(item, ensure_ascii=False).encode() for item in body.requests)
-    submitted = submit(session, request.app.state.celery, lines, options, registry)
+    submitted = submit(session, request.app.state.celery, given.lines, options, registry,
+                       check=ModelCheck(registry, options.models))
     if not submitted.created:
         return _replayed(session, submitted.job, response)
     log.info("api.job.created", job_id=submitted.job.id, tenant=principal.tenant,
@@ -96,7 +130,8 @@ def _replayed(session: Session, job: Job, response: Response) -> dict[str, Any]:
 
 
 @router.get("/jobs", summary="The tenant's jobs, newest first")
-def list_jobs(after: str | None = None, limit: int = Query(20, ge=1, le=100),
+def list_jobs(after: str | None = Query(None, max_length=64),
+              limit: int = Query(20, ge=1, le=100),
               status: JobStatus | None = None, principal: Principal = Depends(ANY_ROLE),
               session: Session = DB) -> dict[str, Any]:
     page = jobs_page(session, principal.tenant, after=after, limit=limit,
@@ -115,15 +150,17 @@ def get_job(job_id: str, principal: Principal = Depends(ANY_ROLE),
 def job_results(job_id: str, request: Request, principal: Principal = Depends(ANY_ROLE),
                 session: Session = DB) -> StreamingResponse:
     _job(session, principal, job_id)
-    return StreamingResponse(_results(settings_of(request).database_url, job_id),
+    url = settings_of(request).database_url
+    return StreamingResponse(_results(url, job_id, request_ids(url)),
                              media_type="application/jsonl; charset=utf-8")
 
 
-def _results(url: str, job_id: str) -> Iterator[bytes]:
+def _results(url: str, job_id: str, ids: RequestIds) -> Iterator[bytes]:
     # Its own session, paged by result_lines: the request's session is closed before the
     # body is sent, and a large job is never held whole.
     with session_scope(url) as session:
         for line in result_lines(session, job_id):
+            line["request_id"] = ids.encode(line["request_id"])
             yield (json.dumps(line, ensure_ascii=False) + "\n").encode()
 
 

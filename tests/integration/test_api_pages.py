@@ -1,7 +1,9 @@
 """The auditor pages: in the system's Chromium (driven by Playwright) an auditor signs in,
 opens the jobs, a job and a request, reads the heat map and records a label that
-``audit export`` then contains; with plain HTTP, the pages refuse what they must (no key,
-a submitter key, another tenant's ids, a post from another site)."""
+``audit export`` then contains, all under the pages' Content-Security-Policy; with plain
+HTTP, the pages refuse what they must (no key, a submitter key, another tenant's ids, a
+post from another site), and the sign-in is a server-side session that the API refuses,
+that sign-out and revoking the key end."""
 
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ import httpx
 import pytest
 from sqlmodel import col, func, select
 
-from db.api_keys import Created, create_key
+from db.api_keys import Created, create_key, revoke_key
 from db.engine import session_scope
 from db.models import Label, Request
 from db.queries_audit import request_detail
 from ops.api.deps import SESSION_COOKIE
+from ops.api.headers import PAGES_POLICY
+from ops.api.public_ids import request_ids
 from tests.integration.api_server import ApiServer, running_api
 from tests.integration.conftest import Stack
 from tests.integration.test_pipeline import wait_for, write_prompts
@@ -38,10 +42,14 @@ class Audited:
     stack: Stack
     api: ApiServer
     job_id: str
-    requests: dict[str, int]  # custom_id -> request id
+    requests: dict[str, int]  # custom_id -> request id (the row's)
     other_job: str
     other_request: int
     keys: dict[str, Created]  # auditor, submitter
+
+    def public(self, request_id: int) -> str:
+        """The id the pages show and take."""
+        return request_ids(self.stack.settings.database_url).encode(request_id)
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +91,10 @@ def test_an_auditor_reviews_a_request_and_labels_it_in_the_browser(
     chromium = shutil.which("chromium")
     assert chromium, "Chromium is not installed: run ops/scripts/browser.sh"
     base, job_id = audited.api.base_url, audited.job_id
-    request_id = audited.requests["req-000"]
+    row_id = audited.requests["req-000"]
+    request_id = audited.public(row_id)
     with session_scope(audited.stack.settings.database_url) as session:
-        request = session.get(Request, request_id)
+        request = session.get(Request, row_id)
         assert request is not None
         detail = request_detail(session, request)
     by_rank = sorted(detail["candidates"], key=lambda c: c["rank"])
@@ -99,6 +108,9 @@ def test_an_auditor_reviews_a_request_and_labels_it_in_the_browser(
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             page = context.new_page()
+            # Anything the policy blocks shows in the console: nothing may be.
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
             # A deep link without a key goes to sign in, and back once signed in.
             page.goto(f"{base}/audit/jobs/{job_id}")
             assert "/audit/login" in page.url
@@ -108,6 +120,10 @@ def test_an_auditor_reviews_a_request_and_labels_it_in_the_browser(
             cookie = next(c for c in context.cookies() if c["name"] == SESSION_COOKIE)
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
             assert cookie["path"] == "/" and not cookie["secure"]  # plain http here
+            # A session token, not the key.
+            secret = audited.keys["auditor"].secret
+            assert cookie["value"] and cookie["value"] not in secret
+            assert secret.split("_", 2)[2] not in cookie["value"]
 
             page.click("a.brand")
             jobs = page.locator("#jobs tbody tr")
@@ -171,6 +187,8 @@ def test_an_auditor_reviews_a_request_and_labels_it_in_the_browser(
             assert f"{better['model']} #{better['candidate_id']} better than" in text
 
             page.screenshot(path=str(shot), full_page=True)
+            blocked = [m for m in console if "Content Security Policy" in m]
+            assert not blocked, blocked
         finally:
             browser.close()
 
@@ -190,11 +208,13 @@ def test_an_auditor_reviews_a_request_and_labels_it_in_the_browser(
 def test_the_pages_refuse_strangers_submitters_other_tenants_and_other_sites(
         audited: Audited) -> None:
     base, job_id = audited.api.base_url, audited.job_id
-    request_id = audited.requests["req-001"]
+    row_id = audited.requests["req-001"]
+    request_id = audited.public(row_id)
+    other_request = audited.public(audited.other_request)
     own = ["/audit/", f"/audit/jobs/{job_id}", f"/audit/jobs/{job_id}/queue",
            f"/audit/requests/{request_id}"]
     theirs = [f"/audit/jobs/{audited.other_job}", f"/audit/jobs/{audited.other_job}/queue",
-              f"/audit/requests/{audited.other_request}"]
+              f"/audit/requests/{other_request}"]
 
     with httpx.Client(base_url=base, timeout=30) as stranger:
         for path in own:
@@ -208,7 +228,7 @@ def test_the_pages_refuse_strangers_submitters_other_tenants_and_other_sites(
         refused = stranger.post("/audit/login", data={"key": audited.keys["submitter"].secret})
         assert refused.status_code == 403 and "set-cookie" not in refused.headers
 
-    revoked = {SESSION_COOKIE: "bq_000000000000_" + "x" * 43}
+    revoked = {SESSION_COOKIE: "x" * 43}
     with httpx.Client(base_url=base, cookies=revoked, timeout=30) as stale:
         answer = stale.get(own[1])
         assert answer.status_code == 303 and f'{SESSION_COOKIE}=""' in answer.headers["set-cookie"]
@@ -226,7 +246,9 @@ def test_the_pages_refuse_strangers_submitters_other_tenants_and_other_sites(
         assert audited.other_job not in auditor.get("/audit/").text
         for path in theirs:
             assert auditor.get(path).status_code == 404, path
-        assert auditor.post(f"/audit/requests/{audited.other_request}/labels",
+        # A row id is no page: requests are named by their opaque id only.
+        assert auditor.get(f"/audit/requests/{row_id}").status_code == 404
+        assert auditor.post(f"/audit/requests/{other_request}/labels",
                             data={"first": "1", "second": "2", "verdict": "tie"}
                             ).status_code == 404
         queue = auditor.get(own[2])
@@ -245,13 +267,13 @@ def test_the_pages_refuse_strangers_submitters_other_tenants_and_other_sites(
         assert page.status_code == 200 and "Record a label" in page.text
         ids = re.findall(r'<option value="(\d+)"', page.text)[:2]
         form = {"first": ids[0], "second": ids[1], "verdict": "tie", "note": "forged"}
-        before = _labels(audited.stack.settings.database_url, request_id)
+        before = _labels(audited.stack.settings.database_url, row_id)
         for headers in ({"Origin": "http://evil.example"},
                         {"Referer": "http://evil.example/page"}, {}):
             forged = browser_like.post(f"/audit/requests/{request_id}/labels", data=form,
                                        headers=headers)
             assert forged.status_code == 403, headers
-        assert _labels(audited.stack.settings.database_url, request_id) == before
+        assert _labels(audited.stack.settings.database_url, row_id) == before
         # The same form from our own page goes through, and bad input is explained.
         bad = browser_like.post(f"/audit/requests/{request_id}/labels", headers={
             "Origin": base}, data={**form, "second": ids[0]})
@@ -259,6 +281,43 @@ def test_the_pages_refuse_strangers_submitters_other_tenants_and_other_sites(
         sent = browser_like.post(f"/audit/requests/{request_id}/labels", data=form,
                                  headers={"Referer": f"{base}/audit/requests/{request_id}"})
         assert sent.status_code == 303
-        assert _labels(audited.stack.settings.database_url, request_id) == before + 1
+        assert _labels(audited.stack.settings.database_url, row_id) == before + 1
+        token = browser_like.cookies[SESSION_COOKIE]
         out = browser_like.post("/audit/logout", headers={"Origin": base})
         assert out.status_code == 303 and f'{SESSION_COOKIE}=""' in out.headers["set-cookie"]
+    # Signed out means ended on the server: the old token, sent again, signs in nothing.
+    with httpx.Client(base_url=base, cookies={SESSION_COOKIE: token}, timeout=30) as replay:
+        assert replay.get(own[0]).status_code == 303
+
+
+def test_the_api_takes_no_cookie_and_a_session_ends_with_its_key(audited: Audited) -> None:
+    """The finding: the pages' cookie (it held the raw key) was accepted by the API from
+    any origin, and signing out only cleared it."""
+    base = audited.api.base_url
+    url = audited.stack.settings.database_url
+    with session_scope(url) as session:
+        admin = create_key(session, TENANT, "admin", "pages-admin")
+    with httpx.Client(base_url=base, timeout=30) as browser_like:
+        signed_in = browser_like.post("/audit/login", headers={"Origin": base},
+                                      data={"key": admin.secret})
+        assert signed_in.status_code == 303
+        page = browser_like.get("/audit/")
+        assert page.status_code == 200
+        assert page.headers["content-security-policy"] == PAGES_POLICY
+        assert page.headers["x-content-type-options"] == "nosniff"
+        evil = {"Origin": "http://evil.example"}
+        # The cookie alone is no key anywhere in the API, whatever the request.
+        for method, path, extra in (
+                ("POST", f"/v1/batches/{audited.job_id}/cancel", {}),
+                ("POST", "/v1/files", {"data": {"purpose": "batch"},
+                                       "files": {"file": ("x.jsonl", b"{}\n")}}),
+                ("POST", f"/api/v1/requests/{audited.public(audited.requests['req-002'])}"
+                         "/labels", {"json": {"tie": ["tiny-a", "tiny-b"]}}),
+                ("GET", "/api/v1/me", {})):
+            answer = browser_like.request(method, path, headers=evil, **extra)
+            assert answer.status_code == 401, (method, path, answer.text)
+            assert answer.json()["error"]["code"] == "missing_api_key"
+        # Revoking the key ends its sessions.
+        with session_scope(url) as session:
+            revoke_key(session, admin.key_id)
+        assert browser_like.get("/audit/").status_code == 303

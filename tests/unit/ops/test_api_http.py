@@ -23,7 +23,7 @@ CHAT = "/v1/chat/completions"
 def _lines(n: int, prefix: str = "q") -> bytes:
     return b"".join(json.dumps({
         "custom_id": f"{prefix}{i}", "method": "POST", "url": CHAT,
-        "body": {"model": "any", "messages": [{"role": "user", "content": f"Say {i}"}]},
+        "body": {"model": "blendq", "messages": [{"role": "user", "content": f"Say {i}"}]},
     }).encode() + b"\n" for i in range(n))
 
 
@@ -100,15 +100,19 @@ def test_an_invalid_file_gives_a_failed_batch_naming_line_and_field(
         app_client: TestClient, settings: Settings) -> None:
     h = _headers(settings, "http-invalid")
     bad = _lines(1) + b'{"custom_id": "q9", "method": "POST", "url": "/v1/chat/completions", ' \
-                      b'"body": {"messages": []}}\nnot json\n'
+                      b'"body": {"messages": []}}\n{"custom_id": 3}\n'
     file_id = _upload(app_client, h, bad)["id"]
-    batch = app_client.post("/v1/batches", headers=h, json={
+    made = app_client.post("/v1/batches", headers=h, json={
         "input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h"}).json()
+    # As OpenAI's: validated after the create answered.
+    assert made["status"] == "validating" and made["errors"] is None
+    batch = app_client.get(f"/v1/batches/{made['id']}", headers=h).json()
     assert batch["status"] == "failed" and batch["failed_at"]
     assert batch["output_file_id"] is None and batch["error_file_id"] is None
     errors = batch["errors"]["data"]
-    assert [(e["line"], e["param"]) for e in errors] == [(2, "body.messages"), (3, None)]
-    assert errors[1]["code"] == "invalid_json_line"
+    assert [(e["line"], e["param"]) for e in errors] == [(2, "body.messages"),
+                                                         (3, "custom_id")]
+    assert errors[1]["code"] == "invalid_request"
 
 
 def test_metadata_then_tenant_defaults_choose_the_options(app_client: TestClient,
@@ -123,7 +127,9 @@ def test_metadata_then_tenant_defaults_choose_the_options(app_client: TestClient
     batch = app_client.post("/v1/batches", headers=h, json={
         "input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h",
         "metadata": {"blendq.fuser": "none", "blendq.chunk_size": "2", "note": "hi"}}).json()
-    assert batch["status"] == "in_progress" and batch["metadata"]["note"] == "hi"
+    assert batch["status"] == "validating" and batch["metadata"]["note"] == "hi"
+    seen = app_client.get(f"/v1/batches/{batch['id']}", headers=h).json()
+    assert seen["status"] == "in_progress" and seen["in_progress_at"] is not None
     with session_scope(settings.database_url) as session:
         job = session.get(Job, batch["id"])
         assert job is not None
@@ -261,8 +267,9 @@ def test_a_streamed_upload_over_the_limit_is_413_not_a_parse_error(settings: Set
         yield (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n'
                f'batch\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
                f'filename="in.jsonl"\r\n\r\n').encode()
-        for _ in range(kib):
-            yield b"x" * 1024
+        for _ in range(kib):  # JSONL: uploads are checked as such
+            yield json.dumps({"custom_id": "x", "instruction": "x" * 990}).encode().ljust(
+                1023) + b"\n"
         yield f"\r\n--{boundary}--\r\n".encode()
 
     headers = {**h, "Content-Type": f"multipart/form-data; boundary={boundary}"}
