@@ -211,8 +211,8 @@ class FleetCollector(Collector):
         yield _gauge("blendq_chunk_oldest_running_age_seconds",
                      "Time since the oldest running chunk started (0: none).", age or 0)
         jobs = GaugeMetricFamily("blendq_jobs", "Jobs by state.", labels=["state"])
-        counts: dict[str, int] = dict(connection.execute(text(
-            "SELECT status, count(*) FROM job GROUP BY status")).tuples().all())
+        counts: dict[str, int] = {status: n for status, n in connection.execute(text(
+            "SELECT status, count(*) FROM job GROUP BY status"))}
         for state in JobStatus:
             jobs.add_metric([state.value], counts.get(state.value, 0))
         yield jobs
