@@ -27,7 +27,8 @@ Where a process finds its registry (``get_registry``):
    or ``models import FILE``): a worker host needs only the database and broker URLs and
    its weights. Re-read at most every ``DATABASE_REFRESH_SECONDS``; while the database is
    unreachable the last registry read stays in use.
-3. A database that holds no entries (or is not migrated yet): the built-in tiny models.
+3. A database that holds no entries (or is not migrated, or not even created yet): the
+   built-in tiny models.
 """
 
 from __future__ import annotations
@@ -105,6 +106,11 @@ class RegistryError(ValueError):
 
 class RegistryUnavailable(RegistryError):
     """The database could not be read and this process has no registry from it yet."""
+
+    def __init__(self, message: str, *, missing_database: bool = False) -> None:
+        super().__init__(message)
+        # The server answered that the database does not exist (not created yet).
+        self.missing_database = missing_database
 
 
 @dataclass(frozen=True)
@@ -254,15 +260,24 @@ def database_source(database_url: str) -> str:
 
 def load_database_registry(database_url: str) -> Registry | None:
     """The registry stored in the database; None when it holds no entries (or has no
-    registry table yet). Raises RegistryUnavailable when the database cannot be read."""
+    registry table yet). Raises RegistryUnavailable when the database cannot be read
+    (``missing_database`` when it does not exist)."""
     try:
         with session_scope(database_url) as session:
             rows = registered_models(session) if has_registry_table(session) else []
     except SQLAlchemyError as exc:
         raise RegistryUnavailable(
             f"cannot read the model registry from {database_source(database_url)}: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+            f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+            missing_database=_no_such_database(exc)) from exc
     return registry_from_rows(rows, database_source(database_url)) if rows else None
+
+
+def _no_such_database(exc: SQLAlchemyError) -> bool:
+    # The server's FATAL for an unknown database name; libpq gives no SQLSTATE for a
+    # failed connection, so the message is all there is.
+    message = str(exc)
+    return 'database "' in message and '" does not exist' in message
 
 
 _cache: dict[Path | None, Registry] = {}
@@ -288,10 +303,12 @@ def get_registry(path: Path | None, database_url: str | None = None) -> Registry
             return cached[1]
         try:
             stored = load_database_registry(url)
-        except RegistryUnavailable:
+        except RegistryUnavailable as exc:
             if cached is not None:
                 return cached[1]  # a database outage must not make known models unknown
-            raise
+            if not exc.missing_database:
+                raise
+            stored = None  # not created yet (a fresh machine): it holds no entries either
         registry = stored or load_registry(None)
         _db_cache[url] = (time.monotonic(), registry)
         return registry

@@ -207,8 +207,18 @@ def test_the_last_registry_read_stays_while_the_database_is_away(
         # Due for a re-read, which fails: known models must not become unknown.
         monkeypatch.setattr(registry_module, "DATABASE_REFRESH_SECONDS", 0.0)
         assert get_registry(None, url) is before
-        # A process that never read it gets a clear error, not the built-in models.
-        forget_cached()
-        with pytest.raises(RegistryUnavailable, match="cannot read the model registry from "
-                                                      "database postgresql"):
-            get_registry(None, url)
+    # A process that never read it gets a clear error, not the built-in models (port 1 on
+    # this host: nothing listens there).
+    forget_cached()
+    away = make_url(url).set(port=1).render_as_string(hide_password=False)
+    with pytest.raises(RegistryUnavailable, match="cannot read the model registry from "
+                                                  r"database postgresql.*:1/"):
+        get_registry(None, away)
+
+
+def test_a_database_not_created_yet_holds_no_entries() -> None:
+    # A fresh machine: ``manage.py models list`` before ``db create``.
+    missing = make_url(ADMIN_URL).set(drivername="postgresql+psycopg",
+                                      database="blendq_registry_never_created")
+    registry = fresh(missing.render_as_string(hide_password=False))
+    assert registry.source == "built-in registry"
