@@ -1,6 +1,6 @@
-"""Admin commands against running workers: pause a model mid-job, restart its worker paused,
-purge its queue, retry the failed requests, resume, and the job completes with no row
-stored twice."""
+"""Admin commands against running workers: pause a model mid-job (two replicas consume its
+queue), restart a replica paused, purge its queue, retry the failed requests, resume every
+replica, and the job completes with no row stored twice."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func
@@ -58,10 +59,32 @@ def candidates(session: Session, job_id: str, model: str) -> dict[int, int]:
         col(Candidate.ok).is_(True))).all())
 
 
+def replicas_of(stack: Stack, queue: str) -> list[dict[str, Any]]:
+    """``workers list --json`` rows of the workers started for ``queue``."""
+    rows = json.loads(stack.manage("workers", "list", "--json").stdout)
+    return [w for w in rows if queue in w["started_for"]]
+
+
 def test_pause_restart_purge_retry_resume(stack: Stack, tmp_path: Path) -> None:
     url = stack.settings.database_url
     engine = create_engine(url)
-    assert "gen.tiny-a paused" in stack.manage("queues", "pause", "tiny-a").stdout
+    # A second replica of tiny-a: pause, resume and purge act on both.
+    stack.start("gen-tiny-a-2", "worker", "generate", "--model", "tiny-a", "--name",
+                "second-a", "--device", "cpu", ready=" ready.")
+    try:
+        _pause_restart_purge_retry_resume(stack, tmp_path, url, engine)
+    finally:
+        stack.stop("gen-tiny-a-2")
+        engine.dispose()
+
+
+def _pause_restart_purge_retry_resume(stack: Stack, tmp_path: Path, url: str,
+                                      engine: Any) -> None:
+    poll(lambda: depth(stack, "gen.tiny-a")[1] == 2, 10, "two consumers")
+    paused = json.loads(stack.manage("queues", "pause", "gen.tiny-a", "--json").stdout)
+    assert paused["queue"] == "gen.tiny-a" and len(paused["workers"]) == 2
+    assert paused["acknowledged"] == paused["workers"] and paused["consumers"] == 0
+    assert any(w.startswith("second-a@") for w in paused["workers"])
     try:
         poll(lambda: depth(stack, "gen.tiny-a")[1] == 0, 10, "consumer gone")
         row = queue_row(stack, "gen.tiny-a")
@@ -81,13 +104,27 @@ def test_pause_restart_purge_retry_resume(stack: Stack, tmp_path: Path) -> None:
         # A restarted worker reads the stored pause and consumes nothing.
         restart(stack, "gen-tiny-a", "worker", "generate", "--model", "tiny-a")
         assert depth(stack, "gen.tiny-a") == (2, 0)
-        listed = stack.manage("workers", "list", "--json").stdout
-        workers = {w["worker"].split("@")[0]: w
-                   for w in json.loads(listed)}
-        assert workers["gen.tiny-a"]["queues"] == []
-        assert workers["gen.tiny-b"]["queues"] == ["gen.tiny-b"]
-        assert workers["rank"]["queues"] == ["rank"]
-        assert any(m["path"] == "builtin:tiny-b" for m in workers["gen.tiny-b"]["models"])
+        listed = json.loads(stack.manage("workers", "list", "--json").stdout)
+        assert len(listed) == 6  # three generators, the second tiny-a, rank, fuse
+        a_replicas = [w for w in listed if w["started_for"] == ["gen.tiny-a"]]
+        assert len(a_replicas) == 2
+        restarted = stack.pid("gen-tiny-a")
+        assert {w["pid"] for w in a_replicas} == {restarted, stack.pid("gen-tiny-a-2")}
+        for w in a_replicas:
+            assert (w["queues"], w["paused"]) == ([], ["gen.tiny-a"])
+            assert w["host"] == w["worker"].split("@", 1)[1]
+        # The pinned replica says its device; the other was left to choose ("auto").
+        assert {w["worker"].split("@")[0]: w["device"] for w in a_replicas} == {
+            "second-a": "cpu", f"generate-{restarted}": "auto"}
+        [b] = [w for w in listed if w["started_for"] == ["gen.tiny-b"]]
+        assert b["queues"] == ["gen.tiny-b"] and b["paused"] == []
+        assert any(m["path"] == "builtin:tiny-b" for m in b["models"])
+        [rank] = [w for w in listed if w["started_for"] == ["rank"]]
+        assert rank["queues"] == ["rank"] and rank["worker"].startswith("rank-")
+        table = stack.manage("workers", "list").stdout.splitlines()
+        assert table[0] == "workers (6)"
+        assert table[1].split() == ["worker", "host", "pid", "device", "queues", "paused",
+                                    "active", "reserved", "models", "loaded"]
         with Session(engine) as s:
             assert candidates(s, job_id, "tiny-a") == {}
             assert s.get(Job, job_id).status == "in_progress"  # type: ignore[union-attr]
@@ -106,8 +143,12 @@ def test_pause_restart_purge_retry_resume(stack: Stack, tmp_path: Path) -> None:
             before = {m: candidates(s, job_id, m) for m in ("tiny-b", "tiny-c")}
     finally:
         resumed = stack.manage("queues", "resume", "tiny-a").stdout
-    assert "1 worker(s)" in resumed
-    poll(lambda: depth(stack, "gen.tiny-a")[1] == 1, 10, "consumer back")
+    # Both replicas were started paused or paused since: both are found and resumed.
+    assert resumed.startswith("gen.tiny-a resumed; 2 of 2 worker(s) started for it "
+                              "acknowledged"), resumed
+    assert resumed.rstrip().endswith("consumers now 2")
+    poll(lambda: depth(stack, "gen.tiny-a")[1] == 2, 10, "consumers back")
+    assert depth(stack, "gen.tiny-b")[1] == 1  # no other worker took the queue on
 
     # Retry: only the failed requests run again, nothing is stored twice.
     retried = stack.manage("jobs", "retry", job_id).stdout
@@ -126,28 +167,31 @@ def test_pause_restart_purge_retry_resume(stack: Stack, tmp_path: Path) -> None:
     assert "retried 4 request(s)" in stack.manage("jobs", "show", job_id).stdout
     assert stack.manage("jobs", "retry", job_id).stdout.strip().endswith(
         "no failed request to retry")
+    watched = stack.manage("jobs", "status", job_id, "--watch", check=False)
+    assert watched.returncode == 0 and f"{job_id}  completed" in watched.stdout
     listed = json.loads(stack.manage("jobs", "list", "--status", "completed", "--since", "1h",
                                      "--json").stdout)
     assert job_id in [j["id"] for j in listed]
-    engine.dispose()
 
 
 def test_pause_unknown_or_non_generator_is_a_usage_error(stack: Stack) -> None:
     result = stack.manage("queues", "pause", "tiny-ranker", check=False)
-    assert result.returncode == 2 and "is a ranker" in result.stderr
+    assert result.returncode == 2 and "unknown queue 'tiny-ranker'" in result.stderr
+    result = stack.manage("queues", "pause", "fuse", check=False)
+    assert result.returncode == 2 and "fuse cannot be paused" in result.stderr
     result = stack.manage("queues", "purge", "not-ours", "--yes", check=False)
-    assert result.returncode == 2 and "not a blendq queue" in result.stderr
+    assert result.returncode == 2 and "unknown queue 'not-ours'" in result.stderr
 
 
 # A worker whose stored pauses read nothing at start and then one queue: as when
 # `queues pause` lands after the worker read the flags and before it heard broadcasts.
 PAUSED_WHILE_STARTING = """
-from ops.cli_processes import _start
+from ops.cli_processes import _start, node_name
 reads = []
 def paused():
     reads.append(1)
     return [] if len(reads) == 1 else ["gen.probe-a"]
-_start(["gen.probe-a", "gen.probe-b"], [], "solo", paused=paused)
+_start(["gen.probe-a", "gen.probe-b"], [], "solo", node_name("probe", None), paused=paused)
 """
 
 
