@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlmodel import Session
 
@@ -170,3 +172,62 @@ def test_label_table_holds_what_was_recorded(session: Session, job: Job) -> None
     assert stored is not None
     assert (stored.verdict, stored.candidate_a_id, stored.author, stored.note) == (
         "a", ids["m-a"], "ana", "x")
+
+
+def test_one_ranking_label_is_one_contradicted_label_with_its_pairs_counted(
+        session: Session, job: Job) -> None:
+    # The ranker's order is a > b > c; the auditor's is c > b > a: all three pairs against.
+    request = make_request(session, job, "r", {}, {"m-a": 2.0, "m-b": 1.0, "m-c": 0.0})
+    ids = _ids(session, request)
+    label = record_label(session, request,
+                         Verdict("ranking", (ids["m-c"], ids["m-b"], ids["m-a"])), "ana")
+    [item] = review_queue(session, job.id)
+    assert item["contradicted_labels"] == [label.id]
+    assert item["contradictions"] == [{"label_id": label.id, "verdict": "ranking",
+                                       "pairs_contradicted": 3, "pairs_decided": 3}]
+
+
+CONVERSATION = [
+    {"role": "system", "content": "Answer in French."},
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "Quatre."},
+    {"role": "user", "content": "And 3+3?"},
+]
+
+
+def test_exports_and_detail_keep_the_whole_conversation(session: Session, job: Job) -> None:
+    # Stored as before the rendering existed: only the last user turn as the instruction.
+    request = make_request(session, job, "chat", {("m-a", "m-b"): 1.0},
+                           {"m-a": 1.0, "m-b": 0.0, "m-c": -1.0})
+    request.instruction, request.input, request.messages = "And 3+3?", "", CONVERSATION
+    session.add(request)
+    session.flush()
+    context = "System: Answer in French.\n\nUser: What is 2+2?\n\nAssistant: Quatre."
+    detail = request_detail(session, request)["request"]
+    assert (detail["instruction"], detail["input"]) == ("And 3+3?", context)
+    assert detail["messages"] == CONVERSATION
+    [line] = [x for x in export_lines(session, job.id, "mixinstruct") if x["id"] == "chat"]
+    assert (line["instruction"], line["input"], line["messages"]) == (
+        "And 3+3?", context, CONVERSATION)
+    [pair] = [p for p in export_lines(session, job.id, "pairs") if p["custom_id"] == "chat"]
+    assert pair["source"] == "And 3+3?\n" + context
+
+
+def test_the_export_source_is_what_the_ranking_stage_reads(session: Session, job: Job) -> None:
+    # A line validated today stores the rendering, so the ranker read exactly this source;
+    # ranker eval / train build their source from the export the same way.
+    from orchestration.validation import validate_lines
+    from workers.ranking.evaluation import source_of as eval_source
+    from workers.stage_io import source_text
+
+    line = {"custom_id": "c", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"messages": CONVERSATION}}
+    [parsed] = validate_lines([json.dumps(line).encode()]).requests
+    request = make_request(session, job, "stored", {}, {"m-a": 1.0, "m-b": 0.0, "m-c": -1.0})
+    request.instruction, request.input = parsed.instruction, parsed.input
+    request.messages = parsed.messages
+    session.add(request)
+    session.flush()
+    [exported] = [x for x in export_lines(session, job.id, "mixinstruct") if x["id"] == "stored"]
+    assert eval_source(exported) == source_text(request)
+    assert "Answer in French." in source_text(request)
