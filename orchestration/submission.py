@@ -189,7 +189,8 @@ def _store_requests(session: Session, app: Celery, job: Job, validation: Validat
         session.execute(insert(Request), [
             {"job_id": job.id, "chunk_id": chunk.id, "line_no": p.line_no,
              "custom_id": p.custom_id, "instruction": p.instruction, "input": p.input,
-             "messages": p.messages, "params": p.params, "metadata": p.metadata,
+             # ORM bulk insert: attribute names (meta is the column "metadata").
+             "messages": p.messages, "params": p.params, "meta": p.metadata,
              "status": RequestStatus.PENDING}
             for p in part
         ])

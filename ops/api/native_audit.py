@@ -38,7 +38,9 @@ MAX_MODEL_NAME = 128
 
 def _candidate_ref(value: int | str) -> int | str:
     """A candidate id within BIGINT (as a number or ASCII digits), or a model name."""
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if isinstance(value, str) and value.isdigit():
+        if not value.isascii():  # "²" is a digit to str.isdigit, and no number to int()
+            raise ValueError("a candidate id is written in ASCII digits")
         value = int(value)
     if isinstance(value, int):
         if not 1 <= value <= MAX_ID:

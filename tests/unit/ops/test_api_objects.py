@@ -83,32 +83,37 @@ def test_validation_errors_become_the_batch_error_list() -> None:
 def test_an_output_line_is_a_chat_completion_carrying_the_result() -> None:
     request = Request(id=41, job_id="job_abc", line_no=1, custom_id="q1", instruction="i",
                       completed_at=T0)
-    line = output_line(_job(), request, _result())
-    assert (line["id"], line["custom_id"], line["error"]) == ("batch_req_41", "q1", None)
+    public = "req_5a0b3c9d1e2f4a6b"  # the request's opaque id: its row id is never shown
+    line = output_line(_job(), request, _result(), public)
+    assert (line["id"], line["custom_id"], line["error"]) == (
+        "batch_req_5a0b3c9d1e2f4a6b", "q1", None)
     response = line["response"]
-    assert response["status_code"] == 200 and response["request_id"] == "req_41"
+    assert response["status_code"] == 200 and response["request_id"] == public
+    assert "_41" not in json.dumps(line) and "-41" not in json.dumps(line)
     body = response["body"]
     assert body["object"] == "chat.completion" and body["created"] == int(T0.timestamp())
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "fused!",
                                              "refusal": None}
     assert body["usage"] == {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}
-    assert body["blendq"] == _result()
+    assert body["blendq"] == {**_result(), "request_id": public}
     json.dumps(line)  # every value is JSON
     # Without a fused text (never stored so today), the top-ranked candidate answers.
-    assert output_line(_job(), request, _result(None))["response"]["body"]["choices"][0][
+    assert output_line(_job(), request, _result(None), public)["response"]["body"]["choices"][0][
         "message"]["content"] == "chosen text"
 
 
 def test_error_lines_say_why_a_request_has_no_answer() -> None:
     failed = Request(id=5, job_id="job_abc", line_no=1, custom_id="q5", instruction="i",
                      status="failed", error="every generator failed")
-    assert error_line(_job(), failed) == {
-        "id": "batch_req_5", "custom_id": "q5", "response": None,
+    assert error_line(_job(), failed, "req_00000000000000aa") == {
+        "id": "batch_req_00000000000000aa", "custom_id": "q5", "response": None,
         "error": {"code": "request_failed", "message": "every generator failed"}}
     cancelled = Request(id=6, job_id="job_abc", line_no=2, custom_id="q6", instruction="i",
                         status="cancelled", error="job cancelled before this chunk started")
-    assert error_line(_job(status="cancelled"), cancelled)["error"]["code"] == "batch_cancelled"
-    assert error_line(_job(status="expired"), cancelled)["error"]["code"] == "batch_expired"
+    assert error_line(_job(status="cancelled"), cancelled, "req_00000000000000ab")["error"][
+        "code"] == "batch_cancelled"
+    assert error_line(_job(status="expired"), cancelled, "req_00000000000000ab")["error"][
+        "code"] == "batch_expired"
 
 
 def test_files_render_as_the_openai_clients_file_objects() -> None:
