@@ -26,8 +26,8 @@ from db.models import (
 )
 from db.queries_admin import job_stages, list_jobs
 from ops.cli_jobs_admin import parse_since
-from orchestration.queue_admin import chunk_of, is_paused, paused_models, set_paused
-from orchestration.registry import RegistryError, parse_registry
+from orchestration.queue_admin import QueueError, chunk_of, is_paused, paused_models, set_paused
+from orchestration.registry import parse_registry
 from orchestration.retry import RetryError, retry_failed
 
 
@@ -168,7 +168,7 @@ def test_pause_is_stored_and_survives_a_registry_sync(session: Session) -> None:
     assert is_paused(session, "g1")
     set_paused(session, REGISTRY, "g1", False)
     assert not is_paused(session, "g1")
-    with pytest.raises(RegistryError):
+    with pytest.raises(QueueError, match="'rk' is not a generator"):
         set_paused(session, REGISTRY, "rk", True)  # only generators have their own queue
 
 
