@@ -33,7 +33,7 @@ def private_vhost() -> Iterator[str]:
 @contextmanager
 def running_stack(settings: Settings, name: str, logs: Path, *,
                   database_url: str | None = None, broker_url: str | None = None,
-                  env: dict[str, str] | None = None) -> Iterator[Stack]:
+                  env: dict[str, str] | None = None, start: bool = True) -> Iterator[Stack]:
     """Dispatcher and workers on their own database and vhost. The database matters too:
     a dispatcher relays whatever it finds in the outbox, so two stacks (or a stack and the
     in-process tests) sharing one would run each other's jobs.
@@ -47,7 +47,7 @@ def running_stack(settings: Settings, name: str, logs: Path, *,
             broker_url = owned.enter_context(private_vhost())
         try:
             with local.running_stack(settings, name, logs, database_url=database_url,
-                                     broker_url=broker_url, env=env) as running:
+                                     broker_url=broker_url, env=env, start=start) as running:
                 yield running
         finally:
             print(f"worker logs in {logs}")

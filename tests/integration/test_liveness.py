@@ -4,8 +4,9 @@
   chunks and they complete, with exact rows;
 - messages dead-lettered through the quorum queue's delivery limit: the same, and
   requeueing the dead letters afterwards duplicates nothing;
-- the fuse publish refused by the broker until the outbox gives it up: the ranking stays,
-  no request fails, and the chunk fuses once the broker takes messages again.
+- the fuse hop that cannot be published (the broker away for the rank task and the
+  dispatcher): the ranking stays, no request fails, and the chunk fuses once the broker
+  is back.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import pytest
 from kombu import Connection
 from sqlmodel import Session, col, create_engine, select
 
-from db.models import Chunk, Outbox, OutboxStatus, Ranking, Request, RequestStatus
+from db.models import Chunk, ChunkStage, Outbox, OutboxStatus, Ranking, Request, RequestStatus
 from ops.bench.stack import rabbitmqctl, stored_counts, wait_for_job, write_prompts
+from orchestration.celery_app import configure, configured_settings
 from orchestration.settings import Settings
 from tests.integration.conftest import Stack, running_stack
 
@@ -135,32 +137,40 @@ def test_dead_lettered_chunks_complete_and_requeued_letters_duplicate_nothing(
     assert_exact(live, job_id, 8)
 
 
-def test_a_refused_fuse_hop_keeps_the_ranking_and_fuses_later(live: Stack,
-                                                               tmp_path: Path) -> None:
+def test_a_fuse_hop_that_cannot_be_published_keeps_the_ranking_and_fuses_later(
+        live: Stack, tmp_path: Path) -> None:
     if "gen-tiny-a" not in live.processes:
         live.start("gen-tiny-a", "worker", "generate", "--model", "tiny-a", ready=READY)
-    # The broker takes no message for the fuse queue: publishes are nacked.
-    rabbitmqctl("set_policy", "-p", vhost(live), "--apply-to", "queues", "refuse-fuse",
-                "^fuse$", json.dumps({"max-length": 0, "overflow": "reject-publish"}))
+    live.stop("rank")
+    job_id = submit(live, tmp_path, 4, "unpublished")
+    wait_until(lambda: [c.stage for c in chunks_of(live, job_id)] == [ChunkStage.RANK],
+               "generation done, the rank message waiting")
+    [chunk] = chunks_of(live, job_id)
+    assert chunk.id is not None
+    # The broker is away for every publisher: no dispatcher, and the rank task's own
+    # publish goes to a port where nothing listens (all of Celery's publish retries fail).
+    live.stop("dispatcher")
+    away = live.settings.model_copy(update={"broker_url": "amqp://guest:guest@127.0.0.1:9//"})
+    before = configured_settings()
+    configure(away)
     try:
-        job_id = submit(live, tmp_path, 4, "refused")
-        engine = create_engine(live.settings.database_url)
+        from workers.ranking.tasks import rank_chunk
 
-        def given_up() -> bool:
-            with Session(engine) as session:
-                rows = session.exec(select(Outbox).where(
-                    Outbox.job_id == job_id, col(Outbox.dedup_key).startswith("fuse:"))).all()
-                return any(r.status == OutboxStatus.FAILED for r in rows)
-
-        wait_until(given_up, "the fuse hop given up after its attempts")
-        with Session(engine) as session:
-            ids = select(Request.id).where(Request.job_id == job_id)
-            rankings = session.exec(select(Ranking).where(col(Ranking.request_id).in_(ids))).all()
-            statuses = session.exec(select(Request.status).where(Request.job_id == job_id)).all()
-        engine.dispose()
-        assert len(rankings) == 4
-        assert set(statuses) == {RequestStatus.PENDING}
+        assert rank_chunk(away, job_id, chunk.id)["ranked"] == 4
     finally:
-        rabbitmqctl("clear_policy", "-p", vhost(live), "refuse-fuse")
+        configure(before)
+    engine = create_engine(live.settings.database_url)
+    with Session(engine) as session:
+        ids = select(Request.id).where(Request.job_id == job_id)
+        assert len(session.exec(select(Ranking).where(col(Ranking.request_id).in_(ids))).all()) == 4
+        statuses = session.exec(select(Request.status).where(Request.job_id == job_id)).all()
+        [hop] = session.exec(select(Outbox).where(
+            Outbox.job_id == job_id, col(Outbox.dedup_key).startswith("fuse:"))).all()
+    engine.dispose()
+    assert set(statuses) == {RequestStatus.PENDING}
+    assert (hop.status, hop.attempts) == (OutboxStatus.PENDING, 0)
+    assert hop.last_error
+    # The broker is back for the dispatcher: the hop goes out and the chunk fuses.
+    live.start("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
     assert_exact(live, job_id, 4)
-
+    live.start("rank", "worker", "rank", ready=READY)
