@@ -30,4 +30,8 @@ def serve(host: str, port: int, workers: int, forwarded_allow_ips: str | None) -
     uvicorn.run("ops.api.app:served_app", factory=True, host=host, port=port,
                 workers=workers, log_config=None, server_header=False,
                 proxy_headers=forwarded_allow_ips is not None,
-                forwarded_allow_ips=forwarded_allow_ips)
+                forwarded_allow_ips=forwarded_allow_ips,
+                # A server process must answer the parent within this or is killed and
+                # started again: 5 s (uvicorn's default) is shorter than importing the app
+                # on a busy machine, which then restarts its processes for ever.
+                timeout_worker_healthcheck=60)
