@@ -83,6 +83,8 @@ def bulk_insert_ignore(session: Session, model: type[SQLModel] | Table,
         result = session.execute(sqlite.insert(table).on_conflict_do_nothing(), list(rows))
         return int(result.rowcount)  # type: ignore[attr-defined]
     if arrays is None or plan.python_defaults:
+        if not wait_for_flush:
+            session.connection().exec_driver_sql(_NO_FLUSH_WAIT)
         # psycopg's executemany reports no rowcount; a row returned is a row inserted.
         insert = postgresql.insert(table).on_conflict_do_nothing()
         return len(session.execute(insert.returning(literal_column("1")), list(rows)).all())
