@@ -109,16 +109,15 @@ class Stack:
 
 def stack_env(settings: Settings, database_url: str, broker_url: str,
               extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "BLENDQ_ENV": "test", "BLENDQ_DATABASE_URL": database_url,
-           "BLENDQ_BROKER_URL": broker_url, "BLENDQ_MODEL_CACHE": str(settings.model_cache),
-           "BLENDQ_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
-           # Five worker processes share the machine: each taking every core (the torch
-           # default) made a 40-prompt job about ten times slower on 2 cores.
-           "BLENDQ_TORCH_THREADS": os.environ.get("BLENDQ_TORCH_THREADS", "1"),
-           **(extra or {})}
-    # The built-in tiny models, whatever this shell points at.
-    env.pop("BLENDQ_REGISTRY_PATH", None)
-    return env
+    # The built-in tiny models, whatever this shell points at (``extra`` may name a file).
+    inherited = {k: v for k, v in os.environ.items() if k != "BLENDQ_REGISTRY_PATH"}
+    return {**inherited, "BLENDQ_ENV": "test", "BLENDQ_DATABASE_URL": database_url,
+            "BLENDQ_BROKER_URL": broker_url, "BLENDQ_MODEL_CACHE": str(settings.model_cache),
+            "BLENDQ_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+            # Five worker processes share the machine: each taking every core (the torch
+            # default) made a 40-prompt job about ten times slower on 2 cores.
+            "BLENDQ_TORCH_THREADS": os.environ.get("BLENDQ_TORCH_THREADS", "1"),
+            **(extra or {})}
 
 
 @contextmanager
