@@ -68,8 +68,11 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(level)
+    # A process starts with none; where some are set already (pytest's capture), console
+    # mode leaves them alone as logging.basicConfig would.
+    if json_mode or not root.handlers:
+        root.addHandler(handler)
+        root.setLevel(level)
     logging.captureWarnings(True)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
