@@ -133,3 +133,66 @@ def test_auditor_role_reads_views_only(stack: Stack, audited_job: str) -> None:
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+SYSTEM = "Answer as a pirate would."
+
+
+def test_an_openai_line_with_a_system_message_round_trips_to_ranker_eval(
+        stack: Stack, tmp_path: Path) -> None:
+    """The generators saw a system message and two turns; the export and ranker eval must
+    give the ranker that same prompt, the one the ranking stage gave it."""
+    messages = [{"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "Name a colour."},
+                {"role": "assistant", "content": "Blue."},
+                {"role": "user", "content": "Name another."}]
+    line = {"custom_id": "chat-1", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"messages": messages, "max_tokens": 8}}
+    prompts = tmp_path / "chat.jsonl"
+    prompts.write_text(json.dumps(line) + "\n")
+    job_id = stack.manage("jobs", "submit", str(prompts)).stdout.strip()
+    assert wait_for(stack.settings.database_url, job_id).status == "completed"
+
+    detail = json.loads(stack.manage("audit", "show", "--job", job_id, "--custom-id",
+                                     "chat-1", "--json").stdout)["request"]
+    context = f"System: {SYSTEM}\n\nUser: Name a colour.\n\nAssistant: Blue."
+    assert (detail["instruction"], detail["input"]) == ("Name another.", context)
+    assert f"input: System: {SYSTEM}" in stack.manage(
+        "audit", "show", str(detail["id"])).stdout
+
+    mix = tmp_path / "mix.jsonl"
+    stack.manage("audit", "export", "--job", job_id, "--format", "mixinstruct", "-o", str(mix))
+    [exported] = [json.loads(x) for x in mix.read_text().splitlines()]
+    assert (exported["instruction"], exported["input"]) == ("Name another.", context)
+    assert exported["messages"] == messages
+
+    # The stored logits are the ranker's reading of the exported source: recompute them.
+    pairs_file = tmp_path / "pairs.jsonl"
+    stack.manage("audit", "export", "--job", job_id, "--format", "pairs", "-o",
+                 str(pairs_file))
+    pairs = [json.loads(x) for x in pairs_file.read_text().splitlines()]
+    assert len(pairs) == 3 and all(p["source"] == f"Name another.\n{context}" for p in pairs)
+    from orchestration.registry import get_registry
+    from workers.model_store import get_model
+
+    registry = get_registry(None, stack.settings.database_url)
+    ranker = get_model(registry.get("tiny-ranker", "ranker"), stack.settings)
+    sources = [p["source"] for p in pairs] + ["Name another."] * len(pairs)
+    logits = ranker.compare([(s, p["candidate_a"], p["candidate_b"])
+                             for s, p in zip(sources, pairs + pairs, strict=True)])
+    for pair, full, last_turn in zip(pairs, logits, logits[len(pairs):], strict=False):
+        assert full == pytest.approx(pair["logit_ab"], abs=1e-4)
+        assert last_turn != pytest.approx(pair["logit_ab"], abs=1e-4)  # the old export's
+
+    # A person agrees with the ranker on one pair; ranker eval reads the export the same
+    # way and so agrees with that label.
+    pair = max(pairs, key=lambda p: abs(p["score"]))
+    better, worse = ((pair["model_a"], pair["model_b"]) if pair["score"] > 0
+                     else (pair["model_b"], pair["model_a"]))
+    stack.manage("audit", "label", str(detail["id"]), "--better", better, "--worse", worse,
+                 "--author", "ana")
+    stack.manage("audit", "export", "--job", job_id, "--format", "pairs", "-o",
+                 str(pairs_file))
+    result = json.loads(stack.manage("ranker", "eval", str(pairs_file), "--ranker",
+                                     "tiny-ranker", "--json").stdout)
+    assert result["pairs"] == 1 and result["pairwise_accuracy"] == 1.0, result
