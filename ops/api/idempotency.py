@@ -17,6 +17,10 @@ MAX_LENGTH = 200
 BATCH_PREFIX = "batch:"
 # Answered on a create that returned the first request's object (as Stripe does).
 REPLAYED = "Idempotent-Replayed"
+# Documented on the creates that answer 201: a replay answers 200.
+REPLAY_RESPONSE: dict[int | str, dict[str, str]] = {
+    200: {"description": "The object an earlier create with the same Idempotency-Key made "
+                         "(header Idempotent-Replayed: true)"}}
 
 
 def idempotency_key(

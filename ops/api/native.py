@@ -31,7 +31,7 @@ from ops.api import native_audit
 from ops.api.batch_objects import list_object
 from ops.api.deps import DB, Principal, require, settings_of
 from ops.api.errors import ERROR_RESPONSES, ApiError, body, not_found
-from ops.api.idempotency import idempotency_key, mark_replayed
+from ops.api.idempotency import REPLAY_RESPONSE, idempotency_key, mark_replayed
 from ops.api.json_stream import BodyError, JobBody, read_job_body
 from ops.api.model_names import ModelCheck
 from ops.api.options import OptionError, job_options
@@ -77,6 +77,8 @@ def _job(session: Session, principal: Principal, job_id: str) -> Job:
 
 
 @router.post("/jobs", status_code=201, summary="Submit a job with its requests inline",
+             responses=REPLAY_RESPONSE,
+             # The body is read as it streams, not by FastAPI: documented here instead.
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": JobCreate.model_json_schema()}}}})
 async def create_job(request: Request, response: Response,

@@ -23,7 +23,7 @@ from db.queries_audit import (
 )
 from ops.api.deps import DB, Principal, require, settings_of
 from ops.api.errors import ERROR_RESPONSES, ApiError, not_found
-from ops.api.idempotency import idempotency_key, mark_replayed
+from ops.api.idempotency import REPLAY_RESPONSE, idempotency_key, mark_replayed
 from ops.api.public_ids import RequestIds, request_ids
 from ops.api.text_checks import CleanBody
 
@@ -118,7 +118,7 @@ def audit_request(http: Request, request_id: str, principal: Principal = Depends
     return detail
 
 
-@router.post("/requests/{request_id}/labels", status_code=201,
+@router.post("/requests/{request_id}/labels", status_code=201, responses=REPLAY_RESPONSE,
              summary="Record a person's judgement on this request's candidates")
 def create_label(http: Request, request_id: str, body: LabelCreate, response: Response,
                  principal: Principal = Depends(AUDIT), session: Session = DB,
