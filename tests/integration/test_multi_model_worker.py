@@ -24,8 +24,9 @@ def test_one_process_consumes_every_queue_it_is_given(stack: Stack, tmp_path: Pa
                                                           for a in ("--model", m)),
                     ready=" ready.")
         workers = json.loads(stack.manage("workers", "list", "--json").stdout)
-        multi = [w for w in workers if w["worker"].startswith("gen.tiny-a+")]
-        assert len(multi) == 1
+        # Node names no longer list queues (generate-PID@host): ask what it was started for.
+        multi = [w for w in workers if w["started_for"] == [f"gen.{m}" for m in GENERATORS]]
+        assert len(multi) == 1 and multi[0]["worker"].startswith("generate-")
         assert sorted(multi[0]["queues"]) == [f"gen.{m}" for m in GENERATORS]
         assert len(multi[0]["models"]) == 3  # three different weight files here
         prompts = write_prompts(tmp_path / "in.jsonl", 6)
