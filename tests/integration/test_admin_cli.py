@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, create_engine
 
-from db.models import Job, utcnow
+from db.models import utcnow
 from orchestration.lifecycle import expire_due_jobs
 from tests.conftest import MODEL_CACHE, fresh_database
 from tests.integration.conftest import REPO, private_vhost
