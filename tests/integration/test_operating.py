@@ -6,6 +6,8 @@ runs through it; then every process's /metrics, probes and log lines are read.""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +25,10 @@ from tests.integration.api_server import ApiServer, free_port, running_api
 
 pytestmark = pytest.mark.integration
 MODELS = ("tiny-a", "tiny-b")
+DASHBOARD = Path(__file__).resolve().parents[2] / "ops" / "grafana" / "blendq.json"
+# Debian's prometheus package (apt-get install prometheus, or its binary extracted with
+# apt-get download + dpkg -x); the development machine and CI do not install it.
+PROMETHEUS = os.environ.get("BLENDQ_PROMETHEUS_BIN") or shutil.which("prometheus")
 
 
 @dataclass
@@ -190,3 +196,57 @@ def test_flower_sees_the_workers_their_queues_and_the_jobs_tasks(fleet: Fleet) -
         generated = {t["kwargs"] for t in ours if t["name"] == "blendq.generate"}
         for model in MODELS:
             assert any(model in kwargs for kwargs in generated), generated
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="no prometheus binary (BLENDQ_PROMETHEUS_BIN)")
+def test_prometheus_scrapes_every_process_and_the_dashboard_queries_evaluate(
+        fleet: Fleet, tmp_path: Path) -> None:
+    import yaml
+
+    assert PROMETHEUS is not None
+    api = fleet.api.base_url.removeprefix("http://")
+    workers = [f"127.0.0.1:{port}" for port in fleet.ports.values()]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "blendq-workers",
+                            "static_configs": [{"targets": workers}]},
+                           {"job_name": "blendq-api", "static_configs": [{"targets": [api]}]}],
+    }))
+    port = free_port()
+    with (tmp_path / "prometheus.log").open("ab") as log:
+        server = subprocess.Popen([PROMETHEUS, f"--config.file={config}",
+                                   f"--storage.tsdb.path={tmp_path / 'data'}",
+                                   f"--web.listen-address=127.0.0.1:{port}"],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                active = httpx.get(f"{base}/targets", timeout=10).json()["data"]["activeTargets"]
+                health = {t["scrapeUrl"]: t["health"] for t in active}
+            except (httpx.TransportError, ValueError, KeyError):
+                health = {}
+            if len(health) == len(workers) + 1 and set(health.values()) == {"up"}:
+                break
+            assert time.monotonic() < deadline, health
+            time.sleep(1)
+        time.sleep(5)  # a few samples of each, for rate()
+        dashboard = json.loads(DASHBOARD.read_text())
+        results = {}
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$__rate_interval", "1m")
+                answer = httpx.get(f"{base}/query", params={"query": expr}, timeout=30).json()
+                assert answer["status"] == "success", (panel["title"], expr, answer)
+                results[expr] = answer["data"]["result"]
+        tokens = {r["metric"]["model"] for r in results[
+            "max by (model) (rate(blendq_generated_tokens_total[1m]))"]}
+        assert set(MODELS) <= tokens
+        states = {r["metric"]["state"]: float(r["value"][1]) for r in results[
+            "max by (state) (blendq_jobs)"]}
+        assert states["completed"] == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
