@@ -20,6 +20,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, create_engine, select
 
 from db.models import Chunk
+from ops.api.public_ids import request_ids
 from tests.integration.api_server import ApiServer, running_api
 from tests.integration.conftest import Stack
 
@@ -46,7 +47,8 @@ def write_requests(path: Path, n: int, prefix: str = "r") -> Path:
         for i in range(n):
             handle.write(json.dumps({
                 "custom_id": f"{prefix}-{i:03d}", "method": "POST", "url": CHAT,
-                "body": {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [
+                # The alias of the ensemble the batch runs (ops/api/model_names.py).
+                "body": {"model": "blendq", "max_tokens": 16, "messages": [
                     {"role": "system", "content": "Answer briefly."},
                     {"role": "user", "content": f"Question {i}: name a colour."}]},
             }) + "\n")
@@ -102,9 +104,10 @@ def test_the_openai_client_runs_a_batch_and_downloads_matching_output(
         input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h",
         metadata={"blendq.models": "tiny-a,tiny-b", "blendq.chunk_size": "2",
                   "project": "colours"})
-    assert created.status == "in_progress" and created.output_file_id is None
-    assert created.request_counts is not None and created.request_counts.total == 4
+    # As OpenAI's: validating first, the file read after the create answered.
+    assert created.status == "validating" and created.output_file_id is None
     batch = wait_until(client, created.id, lambda b: b.status in TERMINAL)
+    assert batch.request_counts is not None and batch.request_counts.total == 4
     assert batch.status == "completed", batch
     assert batch.request_counts is not None
     assert (batch.request_counts.completed, batch.request_counts.failed) == (4, 0)
@@ -120,15 +123,20 @@ def test_the_openai_client_runs_a_batch_and_downloads_matching_output(
     stored = stored_results(stack, created.id, tmp_path)
     assert [line["custom_id"] for line in lines] == [f"r-{i:03d}" for i in range(4)]
     assert len(lines) == len(stored) == 4
+    ids = request_ids(stack.settings.database_url)
     for line, result in zip(lines, stored, strict=True):
         assert line["error"] is None and line["custom_id"] == result["custom_id"]
-        assert line["id"] == f"batch_req_{result['request_id']}"
+        # The request's opaque id, never its row id (which `jobs results` shows admins).
+        public = line["response"]["request_id"]
+        assert ids.decode(public) == result["request_id"]
+        assert line["id"] == "batch_req_" + public.removeprefix("req_")
         assert line["response"]["status_code"] == 200
         completion = ChatCompletion.model_validate(line["response"]["body"])
         assert completion.choices[0].message.content == result["fused_output"]
         assert completion.model == "blendq:tiny-a+tiny-b"
         extra = line["response"]["body"]["blendq"]
-        assert extra == result  # ranking, candidates and fusion exactly as stored
+        # Ranking, candidates and fusion exactly as stored.
+        assert extra == {**result, "request_id": public}
         assert [c["model"] for c in extra["candidates"]] == ["tiny-a", "tiny-b"]
         assert extra["ranking"]["entries"] and extra["fusion"]["fuser"] == "tiny-fuser"
     # The batch's usage is what its lines report, all requests having succeeded.
@@ -163,7 +171,8 @@ def test_a_cancelled_batch_keeps_the_answers_that_finished(
     assert len(output) + len(errors) == 40
     for line in output:
         assert stored[line["custom_id"]]["status"] == "completed"
-        assert line["response"]["body"]["blendq"] == stored[line["custom_id"]]
+        assert line["response"]["body"]["blendq"] == {
+            **stored[line["custom_id"]], "request_id": line["response"]["request_id"]}
     cancelled = [e for e in errors if e["error"]["code"] == "batch_cancelled"]
     assert len(cancelled) == 40 - counts.completed - counts.failed
     assert all(stored[e["custom_id"]]["status"] == "cancelled" for e in cancelled)
@@ -176,18 +185,26 @@ def test_an_invalid_file_fails_the_batch_with_line_and_field(client: OpenAI,
     good = json.loads(write_requests(tmp_path / "one.jsonl", 1).read_text())
     no_messages = {**good, "custom_id": "r-001", "body": {"model": "x", "messages": []}}
     wrong_url = {**good, "custom_id": "r-002", "url": "/v1/embeddings"}
-    content = "\n".join([json.dumps(good), json.dumps(no_messages), "{not json",
-                         json.dumps(wrong_url), json.dumps(good)]) + "\n"
+    unknown_model = {**good, "custom_id": "r-004",
+                     "body": {**good["body"], "model": "gpt-4o-mini"}}
+    # A line that is no JSON is refused with the upload, naming it.
+    with pytest.raises(openai.BadRequestError) as not_jsonl:
+        client.files.create(file=("bad.jsonl", b"{not json\n"), purpose="batch")
+    assert "line 1" in str(not_jsonl.value)
+    content = "\n".join([json.dumps(good), json.dumps(no_messages), json.dumps(wrong_url),
+                         json.dumps(good), json.dumps(unknown_model)]) + "\n"
     uploaded = client.files.create(file=("bad.jsonl", content.encode()), purpose="batch")
-    batch = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT,
-                                  completion_window="24h")
+    created = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT,
+                                    completion_window="24h")
+    assert created.status == "validating"
+    batch = wait_until(client, created.id, lambda b: b.status in TERMINAL)
     assert batch.status == "failed" and batch.failed_at and batch.in_progress_at is None
     assert batch.errors is not None and batch.errors.data is not None
     found = [(e.line, e.param, e.code) for e in batch.errors.data]
     assert found == [(2, "body.messages", "invalid_request"),
-                     (3, None, "invalid_json_line"),
-                     (4, "url", "invalid_request"),
-                     (5, "custom_id", "invalid_request")]
+                     (3, "url", "invalid_request"),
+                     (4, "custom_id", "invalid_request"),
+                     (5, "body.model", "model_not_found")]
     assert all(e.message for e in batch.errors.data)
     assert batch.output_file_id is None and batch.error_file_id is None
     assert client.batches.retrieve(batch.id).status == "failed"

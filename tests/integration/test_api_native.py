@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ops.api.public_ids import request_ids
 from tests.integration.api_server import ApiServer, running_api
 from tests.integration.conftest import Stack
 
@@ -88,8 +89,11 @@ def test_an_inline_job_runs_and_streams_the_stored_results(native: Native,
         streamed = b"".join(response.iter_bytes())
     out = tmp_path / "cli.jsonl"
     native.stack.manage("jobs", "results", job_id, "-o", str(out))
-    assert streamed == out.read_bytes()
     lines = [json.loads(line) for line in streamed.splitlines()]
+    # The stored results, each request named by its opaque id instead of its row id.
+    ids = request_ids(native.stack.settings.database_url)
+    assert [{**line, "request_id": ids.decode(line["request_id"])} for line in lines] == [
+        json.loads(line) for line in out.read_text().splitlines()]
     assert [line["custom_id"] for line in lines] == ["n-0", "n-1", "chat-0"]
     assert all(line["fused_output"] is not None for line in lines)
     # An auditor reads jobs and results too.
@@ -100,14 +104,14 @@ def test_the_audit_view_and_a_label_that_export_then_holds(native: Native,
                                                            tmp_path: Path) -> None:
     job_id = native.job["id"]
     wait_job(native.submitter, job_id)
-    out = tmp_path / "results.jsonl"
-    native.stack.manage("jobs", "results", job_id, "-o", str(out))
-    request_id = json.loads(out.read_text().splitlines()[0])["request_id"]
+    first = native.auditor.get(f"/api/v1/jobs/{job_id}/results").text.splitlines()[0]
+    request_id = json.loads(first)["request_id"]  # opaque: req_ and 16 hex digits
+    row_id = request_ids(native.stack.settings.database_url).decode(request_id)
 
     detail = native.auditor.get(f"/api/v1/requests/{request_id}/audit")
     assert detail.status_code == 200
-    cli = json.loads(native.stack.manage("audit", "show", str(request_id), "--json").stdout)
-    assert detail.json() == cli
+    cli = json.loads(native.stack.manage("audit", "show", str(row_id), "--json").stdout)
+    assert detail.json() == {**cli, "request": {**cli["request"], "id": request_id}}
     models = [c["model"] for c in sorted(cli["candidates"], key=lambda c: c["rank"])]
 
     body = {"better": models[-1], "worse": models[0], "note": "the last is right"}
@@ -136,10 +140,10 @@ def test_the_audit_view_and_a_label_that_export_then_holds(native: Native,
                         str(export))
     exported = {line["request_id"]: line for line in map(json.loads,
                                                          export.read_text().splitlines())}
-    mine = exported[request_id]["labels"][0]
+    mine = exported[row_id]["labels"][0]
     assert (mine["label_id"], mine["author"], mine["note"]) == (
         recorded["id"], recorded["author"], "the last is right")
-    human = {c["model"]: c["scores"]["human"] for c in exported[request_id]["candidates"]}
+    human = {c["model"]: c["scores"]["human"] for c in exported[row_id]["candidates"]}
     assert human[models[-1]] > human[models[0]]
 
 
