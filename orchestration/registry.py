@@ -48,10 +48,11 @@ from db.queries_registry import ModelRow, has_registry_table, registered_models
 from orchestration.settings import get_settings
 
 ROLES = ("generator", "ranker", "fuser")
+# "null": no compute, for measuring the control plane (workers/null_models.py).
 BACKENDS = {
-    "generator": ("transformers", "vllm", "openai"),
-    "ranker": ("pairranker",),
-    "fuser": ("genfuser", "aggregator"),
+    "generator": ("transformers", "vllm", "openai", "null"),
+    "ranker": ("pairranker", "null"),
+    "fuser": ("genfuser", "aggregator", "null"),
 }
 BUILTIN_PREFIX = "builtin:"
 

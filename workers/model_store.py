@@ -51,6 +51,10 @@ def get_model(entry: ModelEntry, settings: Settings) -> Any:
 
 def _load(entry: ModelEntry, settings: Settings) -> Any:
     path = resolve_path(entry, settings)
+    if entry.backend == "null":
+        from workers.null_models import create
+
+        return create(entry.role, float(entry.params.get("latency_ms", 0.0)))
     remote = entry.backend == "openai"
     if not remote and entry.builtin is None and not Path(path).exists() \
             and not _looks_like_hub_id(path):

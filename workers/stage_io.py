@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from db.models import Candidate, Request, RequestStatus
@@ -32,6 +35,13 @@ def candidates_by_request(session: Session, request_ids: list[int]) -> dict[int,
 def source_text(request: Request) -> str:
     """What the ranker and fuser see as the prompt."""
     return f"{request.instruction}\n{request.input}" if request.input else request.instruction
+
+
+def update_requests(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Set columns of many requests at once: each row is ``{"id": ..., column: value}``,
+    sent as one executemany (a chunk of 64 was 64 loads and 64 updates)."""
+    if rows:
+        session.execute(update(Request), rows)
 
 
 def fail_requests(session: Session, requests: list[Request], reason: str) -> None:

@@ -18,7 +18,13 @@ from workers import leases
 from workers.base import BlendqTask
 from workers.deadline import Deadline, DeadlineExceeded
 from workers.model_store import ModelLoadError, get_model, revision_of
-from workers.stage_io import candidates_by_request, fail_requests, open_requests, storable
+from workers.stage_io import (
+    candidates_by_request,
+    fail_requests,
+    open_requests,
+    storable,
+    update_requests,
+)
 
 log = structlog.get_logger(__name__)
 TOP1 = "top-1"  # the fuser name recorded when a job has no fuser
@@ -101,13 +107,10 @@ def _store(session: Session, requests: list[Request], top: dict[int, list[tuple[
          "params": params, "created_at": now}
         for r, output in zip(requests, outputs, strict=True)
     ])
-    for request, output in zip(requests, outputs, strict=True):
-        row = session.get(Request, request.id)
-        assert row is not None
-        row.fused_output = storable(output)
-        row.status = RequestStatus.COMPLETED
-        row.completed_at = now
-        session.add(row)
+    update_requests(session, [
+        {"id": request.id, "fused_output": storable(output), "status": RequestStatus.COMPLETED,
+         "completed_at": now}
+        for request, output in zip(requests, outputs, strict=True)])
 
 
 @app.task(name=FUSE_TASK, base=BlendqTask, bind=True, finishes_chunk_on_failure=True)

@@ -32,7 +32,13 @@ from workers.model_store import ModelLoadError, get_model, revision_of
 from workers.ranking.batching import DEFAULT_BATCH_COST, DEFAULT_TOKEN_BUDGET
 from workers.ranking.gathering import claim_chunks
 from workers.ranking.strategies import Pair, final_order, plan, run_plans
-from workers.stage_io import candidates_by_request, fail_requests, open_requests, source_text
+from workers.stage_io import (
+    candidates_by_request,
+    fail_requests,
+    open_requests,
+    source_text,
+    update_requests,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -160,10 +166,10 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
     with session_scope(url) as session:
         # Score from what is stored, so a redelivery ranks from the same numbers.
         stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
-        for request in rankable:
-            rid = request.id or 0
-            _store_ranking(session, request, cands_of[rid], tops[rid], stored, job_of[rid],
-                           revision)
+        _store_rankings(session, [
+            _ranking_row(r, cands_of[r.id or 0], tops[r.id or 0], stored, job_of[r.id or 0],
+                         revision)
+            for r in rankable])
         queued = _queue_fusion(session, settings, running)
     _send_fusion(settings, queued)
     log.info("rank.done", requests=len(rankable), comparisons=written, revision=revision,
@@ -210,8 +216,9 @@ def _stored_logits(session: Session, request_ids: list[int],
     return {(a, b): logit for a, b, logit in rows}
 
 
-def _store_ranking(session: Session, request: Request, cands: list[Candidate], top: list[int],
-                   stored: dict[tuple[int, int], float], job: Job, revision: str) -> None:
+def _ranking_row(request: Request, cands: list[Candidate], top: list[int],
+                 stored: dict[tuple[int, int], float], job: Job,
+                 revision: str) -> dict[str, Any]:
     order, scores = final_order(len(cands), top, _by_index(cands, stored), job.aggregation,
                                 [c.model for c in cands])
     entries: list[dict[str, Any]] = [
@@ -219,15 +226,17 @@ def _store_ranking(session: Session, request: Request, cands: list[Candidate], t
          "rank": rank}
         for rank, i in enumerate(order, start=1)
     ]
-    insert_ignore(session, Ranking, [{
-        "request_id": request.id, "ranker": job.ranker, "ranker_revision": revision,
-        "strategy": job.strategy, "aggregation": job.aggregation, "entries": entries,
-        "created_at": utcnow(),
-    }])
-    row = session.get(Request, request.id)
-    assert row is not None
-    row.chosen_candidate_id = entries[0]["candidate_id"]
-    session.add(row)
+    return {"request_id": request.id, "ranker": job.ranker, "ranker_revision": revision,
+            "strategy": job.strategy, "aggregation": job.aggregation, "entries": entries,
+            "created_at": utcnow()}
+
+
+def _store_rankings(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Every ranking in one statement, and each request's choice in one batched update."""
+    insert_ignore(session, Ranking, rows)
+    update_requests(session, [{"id": row["request_id"],
+                               "chosen_candidate_id": row["entries"][0]["candidate_id"]}
+                              for row in rows])
 
 
 @app.task(name=RANK_TASK, base=BlendqTask, bind=True, finishes_chunk_on_failure=True)

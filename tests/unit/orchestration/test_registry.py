@@ -157,9 +157,9 @@ def test_bad_role() -> None:
 
 
 @pytest.mark.parametrize(("role", "backend", "allowed"), [
-    ("generator", "pairranker", "transformers, vllm, openai"),
-    ("ranker", "transformers", "pairranker"),
-    ("fuser", "vllm", "genfuser, aggregator"),
+    ("generator", "pairranker", "transformers, vllm, openai, null"),
+    ("ranker", "transformers", "pairranker, null"),
+    ("fuser", "vllm", "genfuser, aggregator, null"),
 ])
 def test_backend_not_allowed_for_role(role: str, backend: str, allowed: str) -> None:
     text = (f'[[models]]\nname = "m"\nrole = "{role}"\nbackend = "{backend}"\n'

@@ -102,7 +102,7 @@ def test_register_list_remove_round_trip(url: str) -> None:
 def test_register_checks_fields_as_a_registry_file_does(url: str) -> None:
     bad_backend = cli("register", "x", "--role", "ranker", "--backend", "vllm",
                       "--path", "/m", ok=False)
-    assert "backend 'vllm' is not one of pairranker for ranker" in bad_backend.output
+    assert "backend 'vllm' is not one of pairranker, null for ranker" in bad_backend.output
     bad_name = cli("register", "a b", "--role", "generator", "--backend", "vllm",
                    "--path", "/m", ok=False)
     assert "may hold only letters, digits" in bad_name.output

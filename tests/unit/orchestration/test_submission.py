@@ -115,8 +115,10 @@ def test_openai_lines_keep_messages_and_params(
     job = submit(session, celery_app, [b"\n", line], JobOptions(models=["tiny-a"], top_k=1),
                  registry).job
     [req] = session.exec(select(Request).where(Request.job_id == job.id)).all()
+    # The last user turn is the instruction; the turns before it are the input, so the
+    # ranker and fuser see what the generators saw (db/prompts.py).
     assert (req.line_no, req.custom_id, req.instruction, req.input) == (
-        2, "o1", "What is 2+2?", "")
+        2, "o1", "What is 2+2?", "System: Be terse.")
     assert req.messages == messages
     assert req.params == {"max_new_tokens": 12}
     assert rows_of(session, job.id) == (1, 1, 1)

@@ -48,7 +48,7 @@ path = "/models/chat"
 """
     registry = parse_registry(text, "test")
     assert registry.get("a").backend == "openai"
-    with pytest.raises(ValueError, match="backend 'openai' is not one of genfuser, aggregator"):
+    with pytest.raises(ValueError, match="backend 'openai' is not one of genfuser, aggregator, null"):
         parse_registry(text.replace('backend = "aggregator"', 'backend = "openai"'), "test")
 
 
