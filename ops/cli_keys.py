@@ -66,7 +66,8 @@ def list_(tenant: str | None, as_json: bool) -> None:
 @keys.command()
 @click.argument("key_id")
 def revoke(key_id: str) -> None:
-    """Revoke a key: every later request with it gets 401."""
+    """Revoke a key: every later request with it gets 401, and the auditor pages it
+    signed in to are signed out."""
     settings = context.settings()
     try:
         with session_scope(settings.database_url) as session:
