@@ -65,6 +65,8 @@ MAX_PAGE = 1_000_000
 # A signed-in browser stays signed in for a working day at most (and until it closes:
 # the cookie has no Max-Age).
 SESSION_LIFETIME = timedelta(hours=12)
+# Where earlier versions kept the raw key in the browser: removed wherever it is still sent.
+LEGACY_COOKIE = "blendq_key"
 QUEUE_SIZE = 50
 NOTE_LIMIT = 10_000
 AUDIT_ROLES = frozenset({ApiRole.AUDITOR.value, ApiRole.ADMIN.value})
@@ -142,9 +144,10 @@ def _login_redirect(request: HttpRequest) -> RedirectResponse:
         # After signing in the browser GETs `next`: send it to the page the form was on.
         here = request.url.path.removesuffix("/labels")
     response = RedirectResponse(f"/audit/login?next={quote(here, safe='')}", status_code=303)
-    if SESSION_COOKIE in request.cookies:
-        # A revoked or mistyped key: forget it, so the sign-in page starts clean.
-        response.delete_cookie(SESSION_COOKIE, path="/")
+    for name in (SESSION_COOKIE, LEGACY_COOKIE):
+        if name in request.cookies:
+            # An ended session (or an old key cookie): forget it, so sign-in starts clean.
+            response.delete_cookie(name, path="/")
     return response
 
 
@@ -238,6 +241,8 @@ def login(request: HttpRequest, key: str = Form(""),
     # session at its expiry or at sign-out.
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict",
                         path="/", secure=request.url.scheme == "https")
+    if LEGACY_COOKIE in request.cookies:
+        response.delete_cookie(LEGACY_COOKIE, path="/")
     return response
 
 

@@ -91,9 +91,13 @@ def test_signing_in_opens_a_session_that_sign_out_and_revoking_end(
     with session_scope(settings.database_url) as session:
         created = create_key(session, "hard-session", "auditor", "ana")
     base = "http://testserver"
+    # A browser that still holds the old cookie (the raw key) has it removed at sign-in.
+    client.cookies.set("blendq_key", created.secret)
     signed_in = client.post("/audit/login", data={"key": created.secret},
                             headers={"Origin": base})
     assert signed_in.status_code == 303
+    assert 'blendq_key=""' in ",".join(signed_in.headers.get_list("set-cookie"))
+    client.cookies.delete("blendq_key")
     token = signed_in.cookies[SESSION_COOKIE]
     assert token and token not in created.secret and created.secret not in token
     with session_scope(settings.database_url) as session:
