@@ -21,7 +21,7 @@ from db.engine import session_scope
 from db.models import TERMINAL_JOB_STATUSES, Job, JobStatus
 from db.queries import job_summary
 from ops import context
-from ops.cli_jobs_admin import list_cmd, retry, show
+from ops.cli_jobs_admin import list_cmd, recount, retry, show
 from ops.job_io import parse_models, report_invalid, submit_file, write_results
 from orchestration.lifecycle import cancel_job
 from orchestration.submission import AGGREGATIONS, STRATEGIES, JobOptions
@@ -183,5 +183,5 @@ def cancel(job_id: str, as_json: bool) -> None:
     click.echo(json.dumps(shown) if as_json else f"{shown['id']} {shown['status']}")
 
 
-for _command in (list_cmd, show, retry):
+for _command in (list_cmd, show, retry, recount):
     jobs.add_command(_command)

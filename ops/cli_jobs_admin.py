@@ -136,3 +136,30 @@ def retry(job_id: str, as_json: bool) -> None:
         return
     click.echo(f"{job_id} {done['status']}: {done['requests']} request(s) in "
                f"{done['chunks']} chunk(s) queued again")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {id, status, total, completed, failed, chunks_left, before} as JSON.")
+def recount(job_id: str, as_json: bool) -> None:
+    """Recompute a job's counts from its rows (a repair: the pipeline moves them per chunk)."""
+    from orchestration import lifecycle
+
+    settings = context.settings()
+    with session_scope(settings.database_url) as session:
+        job = lifecycle.lock_job(session, job_id)
+        if job is None:
+            raise click.ClickException(f"no job {job_id}")
+        before = {"total": job.total, "completed": job.completed, "failed": job.failed,
+                  "chunks_left": job.chunks_left}
+        lifecycle.recount(session, job)
+        lifecycle.maybe_finalize(session, job)
+        after = {"total": job.total, "completed": job.completed, "failed": job.failed,
+                 "chunks_left": job.chunks_left}
+        status = str(job.status)
+    if as_json:
+        click.echo(json.dumps({"id": job_id, "status": status, **after, "before": before}))
+        return
+    changed = ", ".join(f"{k} {before[k]} -> {v}" for k, v in after.items() if before[k] != v)
+    click.echo(f"{job_id} {status}: " + (changed or "counts were right"))

@@ -8,7 +8,8 @@ Both run on one fresh database and one RabbitMQ vhost, with the same Celery sett
 queues, routing and chord counting (``PostgresChordBackend``), one solo worker process per
 queue (gen.tiny-a, gen.tiny-b, gen.tiny-c, rank, fuse) and the dispatcher:
 
-- bare: ``chunk_canvas`` itself (``chord(group(generate per model), rank) | fuse``), its
+- bare: the canvas of the same shape, ``chord(group(generate per model), rank) | fuse``
+  (``chunk_canvas`` and the fuse signature the rank task queues through the outbox), its
   tasks registered as no-ops in ``python -m ops.bench.pipeline noop-worker`` processes;
   every canvas is published at once from here; timed from the first publish to the
   last fuse task done (each fuse worker's task count, read by remote control);
@@ -40,7 +41,7 @@ from ops.bench.stack import (
     wait_for_job,
     write_prompts,
 )
-from orchestration.canvas import chunk_canvas
+from orchestration.canvas import chunk_canvas, fuse_signature
 from orchestration.celery_app import (
     FUSE_QUEUE,
     FUSE_TASK,
@@ -88,7 +89,9 @@ def _bare_chunks(app: Celery, chunks: int, timeout: float) -> float:
     for chunk in range(chunks):
         # Negative chunk ids: no real chunk has one, so the ranking worker, which reads the
         # outbox for chunks waiting on its queue, never mistakes these for its own.
-        chunk_canvas(app, f"bench_{run}", -1 - chunk, list(GENERATORS)).apply_async()
+        job = f"bench_{run}"
+        (chunk_canvas(app, job, -1 - chunk, list(GENERATORS))
+         | fuse_signature(app, job, -1 - chunk)).apply_async()
     deadline = time.monotonic() + timeout
     while _fused(app) < before + chunks:
         if time.monotonic() > deadline:
