@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
+from celery.app.amqp import Queues as AMQPQueues
 from kombu import Exchange, Queue
 
 from orchestration.registry import RegistryError, get_registry
@@ -21,7 +23,24 @@ EXCHANGE = Exchange("blendq", type="direct", durable=True)
 DEAD_EXCHANGE = Exchange("blendq.dead", type="fanout", durable=True)
 DEAD_QUEUE = "blendq.dead"
 
-app = Celery("blendq")
+class _Queues(AMQPQueues):
+    def new_missing(self, name: str) -> Queue:
+        """A generator queue the app did not know at configure time (a model registered
+        while this process runs) is declared as every blendq queue is: the blendq
+        exchange, dead letters, consumer timeout; Celery's default would make one with an
+        exchange of its own and none of the arguments, which the workers' declare clashes
+        with."""
+        if name.startswith("gen."):
+            return declare_queue(name, configured_settings())
+        queue: Queue = super().new_missing(name)
+        return queue
+
+
+class _AMQP(AMQP):
+    queues_cls = _Queues
+
+
+app = Celery("blendq", amqp=_AMQP)
 _configured: list[Settings] = []
 
 
