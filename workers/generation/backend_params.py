@@ -7,7 +7,8 @@ from typing import Any
 from orchestration.registry import ModelEntry
 
 BACKEND_PARAMS = {
-    "transformers": ("max_context", "overflow", "device", "token_budget"),
+    "transformers": ("max_context", "overflow", "device", "token_budget",
+                     "step_rows"),
     "vllm": ("max_context", "overflow", "gpu_memory_utilization", "tensor_parallel_size",
              "dtype"),
     "openai": ("model", "endpoint", "concurrency", "timeout", "max_retries", "api_key_env"),

@@ -84,20 +84,51 @@ def test_one_bad_prompt_fails_alone_and_order_is_kept(tiny_models: dict[str, Pat
     assert results[4].completion_tokens <= 3
 
 
+def _cost(batch: list[int], lengths: list[int], new: int, step_rows: int) -> int:
+    return len(batch) * (max(lengths[i] for i in batch) + new) + step_rows * new
+
+
 def test_sub_batches_stay_under_the_budget_and_sort_by_length() -> None:
     lengths = [50, 3, 20, 7, 90, 7, 33, 12]
     prompts = [Prompt([], max_new_tokens=10) for _ in lengths]
     ready = [(i, [0] * n) for i, n in enumerate(lengths)]
-    batches = _sub_batches(ready, prompts, token_budget=200, max_rows=None)
+    batches = _sub_batches(ready, prompts, token_budget=200, max_rows=None, step_rows=8)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    flat = [lengths[i] for b in batches for i in b]
-    assert flat == sorted(lengths)
+    assert [lengths[i] for b in batches for i in b] == sorted(lengths)
     for batch in batches:
-        cost = len(batch) * (max(lengths[i] for i in batch) + 10)
-        assert cost <= 200 or len(batch) == 1
-    # A prompt over the budget on its own still runs, alone.
-    assert [4] in batches
-    assert _sub_batches(ready, prompts, token_budget=10**6, max_rows=3)[0] == [1, 3, 5]
+        assert _cost(batch, lengths, 10, 0) <= 200 or len(batch) == 1
+    assert [4] in batches  # over the budget on its own: it still runs, alone
+    assert _sub_batches(ready, prompts, token_budget=10**6, max_rows=3,
+                        step_rows=1000)[0] == [1, 3, 5]
+
+
+def test_a_large_budget_does_not_pad_every_prompt_to_the_longest() -> None:
+    lengths = [10] * 7 + [500]
+    prompts = [Prompt([], max_new_tokens=10) for _ in lengths]
+    ready = [(i, [0] * n) for i, n in enumerate(lengths)]
+    assert _sub_batches(ready, prompts, 10**6, None, step_rows=8) == [list(range(7)), [7]]
+    # When a step costs as much as hundreds of rows (a GPU), one call takes them all.
+    assert _sub_batches(ready, prompts, 10**6, None, step_rows=512) == [list(range(8))]
+
+
+def test_sub_batches_are_the_cheapest_cut() -> None:
+    import itertools
+    import random
+
+    rng = random.Random(1)
+    for _ in range(40):
+        lengths = sorted(rng.randint(1, 120) for _ in range(rng.randint(1, 7)))
+        step_rows, budget = rng.choice((0, 4, 16, 64)), rng.choice((150, 400, 10**6))
+        prompts = [Prompt([], max_new_tokens=16) for _ in lengths]
+        ready = [(i, [0] * n) for i, n in enumerate(lengths)]
+        got = _sub_batches(ready, prompts, budget, None, step_rows)
+        n, cheapest = len(lengths), float("inf")
+        for cuts in itertools.product((False, True), repeat=n - 1):  # every contiguous split
+            bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+            split = [list(range(a, b)) for a, b in itertools.pairwise(bounds)]
+            if all(len(b) == 1 or _cost(b, lengths, 16, 0) <= budget for b in split):
+                cheapest = min(cheapest, sum(_cost(b, lengths, 16, step_rows) for b in split))
+        assert sum(_cost(b, lengths, 16, step_rows) for b in got) == cheapest
 
 
 def test_generate_keeps_its_old_call_shape(gen: TransformersGenerator) -> None:
