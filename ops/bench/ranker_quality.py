@@ -85,8 +85,9 @@ class Curve:
     the time spent measuring is kept apart from the training time."""
 
     def __init__(self, points: int, items: Sequence[ranker_heldout.Graded],
-                 batch_size: int) -> None:
+                 batch_size: int, log: Any = None) -> None:
         self.points, self.items, self.batch_size = points, items, batch_size
+        self.log = log
         self.rows: list[dict[str, Any]] = []
         self.seconds = 0.0
 
@@ -99,11 +100,14 @@ class Curve:
         self.rows.append({"step": step, "pairs_seen": step * self.batch_size,
                           "accuracy": figures["accuracy"], "top1": figures["top1"]})
         self.seconds += time.perf_counter() - started
+        if self.log is not None:
+            self.log(f"  step {step}/{total}: hand-written pairwise "
+                     f"{figures['accuracy']:.3f}, top-1 {figures['top1']:.3f}")
 
 
 def report(recipe: RankerRecipe = DEMO_RANKER, ranker_path: Path | None = None,
            limit: int | None = None, log: Any = print, curve_points: int = 0,
-           pointwise: bool = True) -> dict[str, Any]:
+           pointwise: bool = True, pairranker: bool = True) -> dict[str, Any]:
     """Train (or load) each model, then measure all of them on the same held-out sets;
     ``limit`` caps how many held-out prompts of each generated set are used."""
     from workers.ranking.pairranker import PairRanker
@@ -123,7 +127,7 @@ def report(recipe: RankerRecipe = DEMO_RANKER, ranker_path: Path | None = None,
         scorer = PointwiseScorer(base.backbone, base.tokenizer, base.source_maxlength,
                                  base.candidate_maxlength)
         log(f"training the pointwise baseline on {len(pairs)} pairs")
-        point_curve = Curve(curve_points, handwritten, recipe.batch_size)
+        point_curve = Curve(curve_points, handwritten, recipe.batch_size, log)
         started = time.perf_counter()
         with spare_cpu_threads():
             train(scorer, pairs, epochs=recipe.epochs, lr=recipe.lr,
@@ -141,9 +145,9 @@ def report(recipe: RankerRecipe = DEMO_RANKER, ranker_path: Path | None = None,
             else None  # when install-demo trained it, it wrote down how long that took
         models.append((f"PairRanker ({ranker_path.name})",
                        PairRanker.from_pretrained(str(ranker_path), device="cpu"), seconds))
-    else:
+    elif pairranker:
         log(f"training the PairRanker on {len(pairs)} pairs")
-        pair_curve = Curve(curve_points, handwritten, recipe.batch_size)
+        pair_curve = Curve(curve_points, handwritten, recipe.batch_size, log)
         ranker, stats = train_minilm_ranker(recipe, on_step=pair_curve)
         models.append(("PairRanker (the demo ranker)", ranker,
                        stats["seconds"] - pair_curve.seconds))
@@ -219,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "during training")
     parser.add_argument("--skip-pointwise", action="store_true",
                         help="train and measure the PairRanker only (while iterating)")
+    parser.add_argument("--skip-pairranker", action="store_true",
+                        help="train and measure the pointwise baseline only (while iterating)")
     parser.add_argument("--recipe", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a field of the DEMO_RANKER recipe (JSON value), e.g. "
                              "--recipe prompts=400 --recipe pairs_per_prompt=5")
@@ -226,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log = (lambda message: None) if args.json else print
     recipe = dataclasses.replace(DEMO_RANKER, **_overrides(args.recipe, parser))
     result = report(recipe, args.ranker_path, args.limit, log, args.curve,
-                    pointwise=not args.skip_pointwise)
+                    pointwise=not args.skip_pointwise, pairranker=not args.skip_pairranker)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
