@@ -131,7 +131,8 @@ def train_cmd(file: Path, name: str | None, path: Path | None, device: str | Non
 def demo_data_cmd(output: Path) -> None:
     """Write the demo ranker's generated data (recipe DEMO_RANKER) as files that
     ``ranker train`` and ``ranker eval`` read: training pairs (chosen/rejected), and the
-    held-out prompts and the unseen family as candidate lists scored correct 1 or 0."""
+    held-out prompts and the unseen family as candidate lists scored correct 1 or 0 and
+    by quality level 3..0 (``--metric quality``)."""
     from workers.demo_models import DEMO_RANKER
     from workers.ranking.demo_data import train_pairs
 
@@ -144,7 +145,8 @@ def demo_data_cmd(output: Path) -> None:
         _write_jsonl(output / f"{name}.jsonl", [
             {"source": p.source, "family": p.family, "answer": p.answer,
              "candidates": [{"text": c.text, "kind": c.kind,
-                             "scores": {"correct": float(p.is_correct(c))}}
+                             "scores": {"correct": float(p.is_correct(c)),
+                                        "quality": float(p.quality(c))}}
                             for c in p.candidates]} for p in prompts])
     click.echo(f"{len(pairs)} training pairs, {len(heldout)} held-out prompts, "
                f"{len(unseen)} of the unseen family {DEMO_RANKER.heldout_family!r} "
