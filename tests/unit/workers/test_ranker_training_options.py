@@ -65,3 +65,18 @@ def test_pointwise_baseline_learns_through_the_same_loop(tiny_models: dict[str, 
     assert ab == pytest.approx(-ba)
     coin = evaluate(RandomComparer(0), [], held_out * 20)["pairwise_accuracy"]
     assert 0.4 < coin < 0.6
+
+
+def test_on_step_sees_every_step_and_training_resumes_after_it(
+        tiny_models: dict[str, Path]) -> None:
+    ranker = PairRanker.from_pretrained(str(tiny_models["tiny-ranker"]), device="cpu")
+    seen: list[tuple[int, int, bool]] = []
+
+    def measure(step: int, total: int) -> None:
+        seen.append((step, total, ranker.head_layer.training))
+        ranker.compare([("q", "a", "b")])  # a learning curve measures here: eval mode
+
+    # 10 pairs, both orders: 20 rows in batches of 8 -> 3 steps an epoch.
+    train(ranker, _pairs(random.Random(2), 10), epochs=2, batch_size=8, on_step=measure)
+    assert seen == [(step, 6, True) for step in range(1, 7)]
+    assert not ranker.head_layer.training  # eval again once training ends
