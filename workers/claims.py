@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import structlog
-from sqlalchemy import TextClause, text
+from sqlalchemy import Connection, TextClause, text
 from sqlalchemy.exc import DBAPIError
 
 from db.engine import get_engine
@@ -40,26 +40,52 @@ def _lock_key(chunk_id: int) -> int:
     return chunk_id & 0x7FFF_FFFF
 
 
+class Claim:
+    """The chunks one task holds, on the connection whose transaction holds their locks."""
+
+    def __init__(self, connection: Connection | None, lock_namespace: int,
+                 chunks: list[int]) -> None:
+        self.connection = connection
+        self.lock_namespace = lock_namespace
+        self.chunks = chunks
+
+    def wait_for(self, chunk_id: int) -> None:
+        """Block until ``chunk_id`` is free, then hold it too."""
+        if self.connection is not None and chunk_id not in self.chunks:
+            self.connection.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+                                    {"ns": self.lock_namespace, "key": _lock_key(chunk_id)})
+        if chunk_id not in self.chunks:
+            self.chunks.append(chunk_id)
+
+
 @contextmanager
 def claim_chunks(database_url: str, lock_namespace: int, own: int, waiting: TextClause,
-                 params: dict[str, Any], limit: int) -> Iterator[list[int]]:
-    """Claim ``own`` (waiting for it) and up to ``limit`` of the chunks ``waiting`` lists
-    (given ``params``, ``:own`` and ``:look``), skipping those another replica holds;
-    yields the claimed chunk ids, ``own`` first.
+                 params: dict[str, Any], limit: int, *,
+                 wait_own: bool = True) -> Iterator[Claim]:
+    """Claim ``own`` and up to ``limit`` of the chunks ``waiting`` lists (given ``params``,
+    ``:own`` and ``:look``), skipping those another replica holds; yields the claim, its
+    chunks ``own`` first.
 
-    The claims are held until the block ends. Without PostgreSQL (the embedded run, where
-    tasks run one after another in one process) only ``own`` is yielded.
+    With ``wait_own`` the task waits for its own chunk first; without, a task whose chunk
+    another replica holds takes other waiting chunks meanwhile (``own`` is then not among
+    the claimed, and ``Claim.wait_for(own)`` waits for it later), so no replica idles
+    behind another's lock. The claims are held until the block ends. Without PostgreSQL
+    (the embedded run, where tasks run one after another in one process) only ``own`` is
+    claimed.
     """
     engine = get_engine(database_url)
     if engine.dialect.name != "postgresql":
-        yield [own]
+        yield Claim(None, lock_namespace, [own])
         return
     connection = engine.connect()
     transaction = connection.begin()
     try:
-        connection.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"),
-                           {"ns": lock_namespace, "key": _lock_key(own)})
-        claimed = [own]
+        if wait_own:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:ns, :key)"),
+                               {"ns": lock_namespace, "key": _lock_key(own)})
+            claimed = [own]
+        else:
+            claimed = [own] if _try_lock(connection, lock_namespace, own) else []
         if limit > 0:
             found = connection.execute(waiting, {
                 **params, "own": own, "look": limit * CANDIDATES_TO_LOOK_AT,
@@ -67,13 +93,11 @@ def claim_chunks(database_url: str, lock_namespace: int, own: int, waiting: Text
             for chunk_id in found:
                 if len(claimed) > limit:
                     break
-                got = connection.execute(text("SELECT pg_try_advisory_xact_lock(:ns, :key)"),
-                                         {"ns": lock_namespace, "key": _lock_key(chunk_id)})
-                if got.scalar():
+                if _try_lock(connection, lock_namespace, chunk_id):
                     claimed.append(chunk_id)
         if len(claimed) > 1:
             log.info("chunks.gathered", chunks=claimed)
-        yield claimed
+        yield Claim(connection, lock_namespace, claimed)
     finally:
         try:
             # Ending the transaction releases every claim.
@@ -82,3 +106,9 @@ def claim_chunks(database_url: str, lock_namespace: int, own: int, waiting: Text
         except DBAPIError as exc:
             # A database restart took the claims with the connection; nothing to release.
             log.warning("chunks.claims_lost", error=str(exc).splitlines()[0])
+
+
+def _try_lock(connection: Connection, lock_namespace: int, chunk_id: int) -> bool:
+    got = connection.execute(text("SELECT pg_try_advisory_xact_lock(:ns, :key)"),
+                             {"ns": lock_namespace, "key": _lock_key(chunk_id)})
+    return bool(got.scalar())

@@ -14,20 +14,22 @@ database and RabbitMQ vhost. One warm-up job of one chunk runs first. Printed:
 - PostgreSQL transactions per request (pg_stat_database, committed and rolled back, over
   the whole run of the measured job, all processes);
 - RabbitMQ messages per request: task messages the workers received (Celery's counters);
-- time per chunk (first task start to fusion done) over the first and the last tenth of
-  the chunks, and their ratio: counts that grew with the job would show here.
+- time per chunk: seconds per finished chunk over the first and the last tenth of the
+  chunks to finish, and their ratio: costs that grew with the job would show here;
+- CPU seconds each kind of process spent during the job (workers, dispatcher,
+  PostgreSQL, RabbitMQ): where the cores went.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
-from sqlmodel import Session, col, create_engine, select
+from sqlmodel import Session, create_engine, select
 
 from db.engine import libpq_url
 from db.models import Chunk
@@ -61,16 +63,41 @@ def _task_messages(stack: Stack) -> int:
     return sum(sum(stats.get("total", {}).values()) for stats in replies.values())
 
 
-def _chunk_seconds(database_url: str, job_id: str) -> list[float]:
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_kind(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of the stack's processes by kind, and of the servers'."""
+    spent: dict[str, float] = {}
+    for name, process in stack.processes.items():
+        kind = name.split("-")[0]
+        spent[kind] = spent.get(kind, 0.0) + _cpu_seconds(process.pid)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            comm = (proc / "comm").read_text().strip()
+            if comm in ("postgres", "beam.smp"):
+                kind = "postgresql" if comm == "postgres" else "rabbitmq"
+                spent[kind] = spent.get(kind, 0.0) + _cpu_seconds(int(proc.name))
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+    return spent
+
+
+def _pace(database_url: str, job_id: str) -> tuple[float, float]:
+    """Seconds per finished chunk over the first and the last tenth of the job."""
     engine = create_engine(database_url)
     try:
         with Session(engine) as session:
-            chunks = session.exec(select(Chunk).where(Chunk.job_id == job_id)
-                                  .order_by(col(Chunk.index))).all()
+            ends = sorted(t.timestamp() for t in session.exec(
+                select(Chunk.finished_at).where(Chunk.job_id == job_id)).all() if t)
     finally:
         engine.dispose()
-    return [(c.finished_at - c.started_at).total_seconds() for c in chunks
-            if c.started_at and c.finished_at]
+    k = max(len(ends) // 10, 1)
+    return (ends[k] - ends[0]) / k, (ends[-1] - ends[-1 - k]) / k
 
 
 def _first_start(database_url: str, job_id: str) -> float:
@@ -98,19 +125,24 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="wait per model call (a latency model; no core used)")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="keep the processes' logs here, at INFO (default: WARNING, "
+                             "in a temporary folder)")
     args = parser.parse_args()
 
     settings = Settings(env="test")
     with tempfile.TemporaryDirectory(prefix="blendq-bench-fleet-") as name:
         folder = Path(name)
+        logs = args.logs or folder
+        logs.mkdir(parents=True, exist_ok=True)
         registry = folder / "registry.toml"
         registry.write_text(REGISTRY.replace("{latency}", str(args.latency_ms)))
         env = {"BLENDQ_REGISTRY_PATH": str(registry)}
-        with running_stack(settings, "fleet", folder, env=env, start=False) as stack:
+        with running_stack(settings, "fleet", logs, env=env, start=False) as stack:
             stack.start("dispatcher", "dispatcher", "--poll", "0.5",
                         ready="dispatcher.started")
             # Workers log per task at INFO; what is measured here is not logging.
-            stack.env["BLENDQ_LOG_LEVEL"] = "WARNING"
+            stack.env["BLENDQ_LOG_LEVEL"] = "INFO" if args.logs else "WARNING"
             ready = "[queues]"  # with WARNING logs, the banner is the sign of life
             for replica in range(args.replicas):
                 for model in MODELS:
@@ -124,10 +156,12 @@ def main() -> None:
             wait_for_job(url, warm, args.timeout)
 
             transactions, messages = _transactions(url), _task_messages(stack)
+            cpu = _cpu_by_kind(stack)
             started = time.perf_counter()
             job_id = _submit(stack, folder, args.requests, args.chunk_size)
             submitted = time.perf_counter() - started
             job = wait_for_job(url, job_id, args.timeout, report=10)
+            cpu = {k: v - cpu.get(k, 0.0) for k, v in _cpu_by_kind(stack).items()}
             transactions = _transactions(url) - transactions
             messages = _task_messages(stack) - messages
             counts = stored_counts(url, job_id)
@@ -137,10 +171,8 @@ def main() -> None:
             assert job.completed_at is not None
             seconds = (job.completed_at - job.created_at).total_seconds()
             fleet_seconds = _first_start(url, job_id)
-            per_chunk = _chunk_seconds(url, job_id)
+            first, last = _pace(url, job_id)
 
-    tenth = max(len(per_chunk) // 10, 1)
-    first, last = statistics.median(per_chunk[:tenth]), statistics.median(per_chunk[-tenth:])
     workers = 3 * args.replicas + 2 * args.replicas
     print(f"\n{args.requests} requests, chunks of {args.chunk_size}, {len(MODELS)} null "
           f"generators x {args.replicas}, {args.replicas} rank, {args.replicas} fuse "
@@ -152,9 +184,11 @@ def main() -> None:
           f"{args.requests / fleet_seconds:8.1f} requests/s")
     print(f"PostgreSQL transactions per request:  {transactions / args.requests:8.2f}")
     print(f"RabbitMQ task messages per request:   {messages / args.requests:8.3f}")
-    print(f"time per chunk, first tenth (median): {first:8.3f} s")
-    print(f"time per chunk, last tenth (median):  {last:8.3f} s")
+    print(f"time per chunk, first tenth of the job: {first:6.3f} s")
+    print(f"time per chunk, last tenth of the job:  {last:6.3f} s")
     print(f"last / first: {last / first:.2f}x")
+    print("CPU seconds during the job: " + ", ".join(
+        f"{kind} {seconds:.1f}" for kind, seconds in sorted(cpu.items(), key=lambda x: -x[1])))
 
 
 if __name__ == "__main__":

@@ -75,25 +75,41 @@ def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
     messages find them stored and only count their chord part."""
     deadline = deadline or Deadline(settings.task_time_limit)
     url = settings.database_url
-    with session_scope(url) as session:
+    # Commits here need not wait for the disk: the chord part counted after this task
+    # commits with a flush (db/engine.py session_scope).
+    with session_scope(url, flush_wal=False) as session:
         if not lifecycle.start_chunk(session, chunk_id, settings.chunk_lease_seconds):
             log.info("generate.skipped", model=model)
             return {"generated": 0, "failed": 0, "chunks": 0}
     with claims.claim_chunks(url, claims.namespace(f"gen:{model}"), chunk_id, GEN_WAITING,
-                             {"model": model}, settings.gen_gather_chunks) as claimed:
-        started = [chunk_id, *_start_gathered(settings, claimed[1:])]
-        with leases.holding(settings, started):
-            work = _gather_work(settings, model, started)
-            if not work:
-                return {"generated": 0, "failed": 0, "chunks": 0}
-            rows = _generate(settings, model, [r for _, todo in work for r in todo], deadline)
-            return _store(url, chunk_id, model, work, rows)
+                             {"model": model}, settings.gen_gather_chunks,
+                             wait_own=False) as claim:
+        others = [c for c in claim.chunks if c != chunk_id]
+        started = [c for c in [chunk_id] if c in claim.chunks]
+        outcome = _generate_chunks(settings, model, chunk_id,
+                                   started + _start_gathered(settings, others), deadline)
+        if chunk_id not in claim.chunks:
+            # Another replica had this chunk: what it left (usually nothing) comes now.
+            claim.wait_for(chunk_id)
+            more = _generate_chunks(settings, model, chunk_id, [chunk_id], deadline)
+            outcome = {k: outcome.get(k, 0) + v for k, v in more.items()}
+        return outcome
+
+
+def _generate_chunks(settings: Settings, model: str, own: int, chunk_ids: list[int],
+                     deadline: Deadline) -> dict[str, int]:
+    with leases.holding(settings, chunk_ids):
+        work = _gather_work(settings, model, chunk_ids)
+        if not work:
+            return {"generated": 0, "failed": 0, "chunks": 0}
+        rows = _generate(settings, model, [r for _, todo in work for r in todo], deadline)
+        return _store(settings.database_url, own, model, work, rows)
 
 
 def _start_gathered(settings: Settings, chunk_ids: list[int]) -> list[int]:
     started = []
     for other in chunk_ids:
-        with session_scope(settings.database_url) as session:
+        with session_scope(settings.database_url, flush_wal=False) as session:
             if lifecycle.start_chunk(session, other, settings.chunk_lease_seconds):
                 started.append(other)
     return started
@@ -151,7 +167,7 @@ def _store(url: str, own: int, model: str, work: list[tuple[int, list[Request]]]
     ordered = sorted(work, key=lambda item: item[0] == own)
     for chunk_id, todo in ordered:
         try:
-            with session_scope(url) as session:
+            with session_scope(url, flush_wal=False) as session:
                 insert_ignore(session, Candidate, [by_request[r.id] for r in todo])
         except TRANSIENT_ERRORS:
             if chunk_id == own:

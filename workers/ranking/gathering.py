@@ -34,5 +34,5 @@ LIMIT :look
 def claim_chunks(database_url: str, own: int, ranker: str, limit: int) -> Iterator[list[int]]:
     """Claim ``own`` and up to ``limit`` chunks of the same ranker waiting to be ranked."""
     with claims.claim_chunks(database_url, LOCK_NAMESPACE, own, WAITING, {"ranker": ranker},
-                             limit) as claimed:
-        yield claimed
+                             limit) as claim:
+        yield claim.chunks

@@ -135,7 +135,8 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
                      "candidate_b_id": cands_of[rid][j].id, "logit": float(logit),
                      "ranker_revision": revision, "created_at": now}
                     for (rid, (i, j)), logit in zip(batch, logits, strict=True)]
-            with session_scope(url) as session:
+            # The rankings' commit, which waits for the disk, makes these durable first.
+            with session_scope(url, flush_wal=False) as session:
                 inserted = copy_insert_ignore(session, Comparison, rows)
                 if inserted < len(rows):
                     # Another delivery stored some first: decide from its numbers, so
