@@ -91,7 +91,7 @@ def claim_chunks(database_url: str, lock_namespace: int, own: int, waiting: Text
                 **params, "own": own, "look": limit * CANDIDATES_TO_LOOK_AT,
             }).scalars().all()
             for chunk_id in found:
-                if len(claimed) > limit:
+                if len(claimed) - (own in claimed) >= limit:
                     break
                 if _try_lock(connection, lock_namespace, chunk_id):
                     claimed.append(chunk_id)
