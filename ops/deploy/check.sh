@@ -146,7 +146,9 @@ echo "ended in $(( $(date +%s) - started )) s"
 "${run[@]}" jobs status "$job" --json 2> /dev/null
 
 say "queues of vhost $name (quorum: BLENDQ_QUORUM_QUEUES=true)"
-rabbitmqctl -q list_queues -p "$name" name type consumers messages
+rabbitmqctl -q list_queues -p "$name" name type consumers messages > "$work/queues"
+grep -v '^celery_delayed_' "$work/queues"
+echo "and $(grep -c '^celery_delayed_' "$work/queues") celery_delayed_* queues (countdowns), each $(grep '^celery_delayed_' "$work/queues" | cut -f2 | sort -u | tr '\n' ' ')"
 
 say "Prometheus targets"
 sleep 12   # two scrape intervals after the job, so the counters include it
