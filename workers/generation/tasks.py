@@ -84,10 +84,10 @@ def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
     with claims.claim_chunks(url, claims.namespace(f"gen:{model}"), chunk_id, GEN_WAITING,
                              {"model": model}, settings.gen_gather_chunks,
                              wait_own=False) as claim:
+        own = [chunk_id] if chunk_id in claim.chunks else []
         others = [c for c in claim.chunks if c != chunk_id]
-        started = [c for c in [chunk_id] if c in claim.chunks]
         outcome = _generate_chunks(settings, model, chunk_id,
-                                   started + _start_gathered(settings, others), deadline)
+                                   own + _start_gathered(settings, others), deadline)
         if chunk_id not in claim.chunks:
             # Another replica had this chunk: what it left (usually nothing) comes now.
             claim.wait_for(chunk_id)
