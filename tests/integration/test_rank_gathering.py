@@ -24,6 +24,7 @@ def _rank_messages_sent(url: str, job_id: str) -> int:
             chunks = select(Chunk.id).where(Chunk.job_id == job_id)
             return session.exec(select(func.count()).select_from(Outbox).where(
                 col(Outbox.chunk_id).in_(chunks), Outbox.kind == "signature",
+                col(Outbox.dedup_key).startswith("chord:"),
                 Outbox.status == OutboxStatus.SENT)).one()
     finally:
         engine.dispose()
@@ -52,6 +53,6 @@ def test_a_backlog_on_the_rank_queue_is_ranked_together(stack: Stack, tmp_path: 
         assert count(session, Fusion, job_id) == 12
     engine.dispose()
     log = (stack.logs / "rank.log").read_text()
-    gathered = [line for line in log.splitlines() if "rank.gathered" in line]
+    gathered = [line for line in log.splitlines() if "chunks.gathered" in line]
     # The first task took its own chunk and the five waiting ones (limit 8).
     assert gathered and gathered[0].count(",") == 5, gathered

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from sqlalchemy import func
-from sqlmodel import Session, create_engine, select
+from sqlmodel import Session, col, create_engine, select
 
 from db.models import ChordPart, Chunk, Comparison, Outbox, Request
 from orchestration.canvas import from_payload
@@ -26,8 +26,10 @@ def test_duplicate_generate_message_changes_nothing(stack: Stack, celery_app: Ce
     engine = create_engine(stack.settings.database_url)
     with Session(engine) as session:
         chunk = session.exec(select(Chunk).where(Chunk.job_id == job_id)).one()
-        body = session.exec(select(Outbox).where(Outbox.job_id == job_id,
-                                                 Outbox.kind == "signature")).one()
+        # The chord's body (rank); the fuse hop the rank task queued is keyed "fuse:".
+        body = session.exec(select(Outbox).where(
+            Outbox.job_id == job_id, Outbox.kind == "signature",
+            col(Outbox.dedup_key).startswith("chord:"))).one()
         group_id = body.dedup_key.removeprefix("chord:")
         parts = session.exec(select(ChordPart).where(ChordPart.group_id == group_id)).all()
         comparisons = session.exec(select(func.count()).select_from(Comparison).where(
