@@ -54,7 +54,9 @@ def configure_logging(settings: Settings, *, stream: TextIO | None = None) -> No
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=True,
+        # Not under test: a logger cached on first use keeps this configuration for the
+        # rest of the process, and tests that capture logs reconfigure structlog.
+        cache_logger_on_first_use=settings.env != "test",
     )
     # Libraries (Celery, kombu, alembic, uvicorn) log through the standard library: same
     # stream, and in JSON mode the same rendering.

@@ -56,7 +56,8 @@ def make_chunk(settings: Settings, models: list[str], *, stage: ChunkStage,
     """A job of one chunk whose lease lapsed (or not), with candidates for the first
     ``candidates[model]`` requests of each model."""
     with session_scope(settings.database_url) as session:
-        job = Job(status=JobStatus.IN_PROGRESS, models=models, ranker="tiny-ranker",
+        # A ranker of its own: no other test's ranking task may gather these chunks.
+        job = Job(status=JobStatus.IN_PROGRESS, models=models, ranker="sweep-test-ranker",
                   total=requests, chunks_left=1)
         session.add(job)
         session.flush()
