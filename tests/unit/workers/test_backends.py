@@ -48,7 +48,8 @@ path = "/models/chat"
 """
     registry = parse_registry(text, "test")
     assert registry.get("a").backend == "openai"
-    with pytest.raises(ValueError, match="backend 'openai' is not one of genfuser, aggregator, null"):
+    with pytest.raises(ValueError,
+                       match="backend 'openai' is not one of genfuser, aggregator, null"):
         parse_registry(text.replace('backend = "aggregator"', 'backend = "openai"'), "test")
 
 
