@@ -170,8 +170,10 @@ def test_same_idempotency_key_returns_the_same_job(stack: Stack, tmp_path: Path)
 
 def test_cancel_keeps_finished_chunks_and_starts_no_new_one(stack: Stack,
                                                             tmp_path: Path) -> None:
-    # Long generations and one request per chunk, so cancelling lands mid-job.
-    prompts = write_prompts(tmp_path / "in.jsonl", 40, params={"max_new_tokens": 120})
+    # Long generations and one request per chunk, so cancelling lands mid-job. Generators
+    # start up to 17 chunks a task (gathering): enough chunks that most are still waiting
+    # when the first one is done.
+    prompts = write_prompts(tmp_path / "in.jsonl", 120, params={"max_new_tokens": 120})
     job_id = stack.manage("jobs", "submit", str(prompts), "--chunk-size", "1").stdout.strip()
     engine = create_engine(stack.settings.database_url)
     deadline = time.monotonic() + 60
@@ -189,7 +191,7 @@ def test_cancel_keeps_finished_chunks_and_starts_no_new_one(stack: Stack,
         requests = session.exec(select(Request).where(Request.job_id == job_id)).all()
         statuses = [r.status for r in requests]
         assert "pending" not in statuses
-        assert 1 <= statuses.count("completed") < 40
+        assert 1 <= statuses.count("completed") < 120
         assert statuses.count("cancelled") >= 1
         assert job.completed == statuses.count("completed")
         assert count(session, Fusion, job_id) == statuses.count("completed")
@@ -197,5 +199,5 @@ def test_cancel_keeps_finished_chunks_and_starts_no_new_one(stack: Stack,
     out = tmp_path / "partial.jsonl"
     stack.manage("jobs", "results", job_id, "-o", str(out))
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) == 40
+    assert len(lines) == 120
     assert sum(1 for line in lines if line["fused_output"] is not None) == job.completed
