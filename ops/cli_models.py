@@ -68,7 +68,7 @@ def install_demo_cmd() -> None:
     The first run converts SmolLM2 and trains the MiniLM ranker on generated data (a few
     minutes on a CPU); later runs reuse them. Progress goes to stderr: stdout carries only
     the registry's path, which scripts capture."""
-    from workers.demo_models import DemoUnavailable, install_demo
+    from ops.demo.models import DemoUnavailable, install_demo
 
     settings = context.settings()
     try:

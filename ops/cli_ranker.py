@@ -133,8 +133,8 @@ def demo_data_cmd(output: Path) -> None:
     ``ranker train`` and ``ranker eval`` read: training pairs (chosen/rejected), and the
     held-out prompts and the unseen family as candidate lists scored correct 1 or 0 and
     by quality level 3..0 (``--metric quality``)."""
-    from workers.demo_models import DEMO_RANKER
-    from workers.ranking.demo_data import train_pairs
+    from ops.demo.models import DEMO_RANKER
+    from ops.demo.ranker_data import train_pairs
 
     train_prompts, heldout, unseen = DEMO_RANKER.data()
     output.mkdir(parents=True, exist_ok=True)

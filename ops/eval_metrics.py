@@ -72,7 +72,7 @@ def _rouge() -> Callable[[list[str], list[str]], list[float]]:
 def bertscore_encoder(path: Path | None) -> Path:
     """The encoder directory BERTScore reads: ``path``, or the demo MiniLM's."""
     if path is None:
-        from workers.demo_models import DemoUnavailable, minilm_path
+        from ops.demo.models import DemoUnavailable, minilm_path
 
         try:
             path = minilm_path()

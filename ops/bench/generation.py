@@ -66,7 +66,7 @@ def model_path(name: str, scratch: Path) -> Path:
     if name == "smollm2":
         path = settings.model_cache / "demo" / "smollm2-135m-instruct"
         if not path.is_dir():
-            from workers.demo_models import install_demo
+            from ops.demo.models import install_demo
 
             print(f"building the demo models into {settings.model_cache / 'demo'} (minutes)")
             install_demo(settings.model_cache, log=print)

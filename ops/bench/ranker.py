@@ -82,7 +82,7 @@ def build(shape: str, device: str, folder: Path) -> PairRanker:
     if shape == "minilm":
         from transformers import AutoModel, AutoTokenizer
 
-        from workers.demo_models import minilm_path
+        from ops.demo.models import minilm_path
         from workers.ranking.pairranker import PREFIX_TOKENS
 
         encoder = minilm_path()  # DemoUnavailable when the package is missing

@@ -5,8 +5,8 @@ PairRanker and a pointwise baseline, from one run.
     python -m ops.bench.ranker_quality --ranker-path DIR # an installed demo ranker instead
     python -m ops.bench.ranker_quality --json
 
-Data: ``workers/ranking/demo_data.py`` through the recipe ``DEMO_RANKER``
-(``workers/demo_models.py``), so the prompts held out here are those the installed demo
+Data: ``ops/demo/ranker_data.py`` through the recipe ``DEMO_RANKER``
+(``ops/demo/models.py``), so the prompts held out here are those the installed demo
 ranker never trained on. The PairRanker and the pointwise scorer start from the same
 MiniLM weights and train on the same pairs with the same loss, optimizer, schedule and
 steps (``training.train``); only the pairwise model reads both candidates at once.
@@ -40,15 +40,15 @@ from typing import Any
 
 from ops.bench import ranker_heldout
 from ops.bench.ranker_pointwise import PointwiseScorer, RandomComparer
-from workers.demo_models import (
+from ops.demo.models import (
     DEMO_RANKER,
     RankerRecipe,
     minilm_ranker,
     spare_cpu_threads,
     train_minilm_ranker,
 )
+from ops.demo.ranker_data import GENERIC_KINDS, Prompt, train_pairs
 from workers.ranking.aggregation import full_pairs, max_logits, rank_order
-from workers.ranking.demo_data import GENERIC_KINDS, Prompt, train_pairs
 from workers.ranking.evaluation import Comparer
 
 

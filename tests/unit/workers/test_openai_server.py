@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ops.demo.models import smollm_gguf
 from tests.conftest import MODEL_CACHE
-from workers.demo_models import smollm_gguf
 from workers.generation.openai_backend import OpenAIGenerator
 from workers.generation.prompts import Prompt
 

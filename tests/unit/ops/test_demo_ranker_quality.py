@@ -22,9 +22,9 @@ from ops.bench import ranker_heldout
 from ops.bench.ranker_pointwise import RandomComparer
 from ops.bench.ranker_quality import measure
 from ops.cli import cli
+from ops.demo.models import DEMO_RANKER, install_demo, spare_cpu_threads
 from orchestration.registry import load_registry
 from tests.conftest import MODEL_CACHE
-from workers.demo_models import DEMO_RANKER, install_demo, spare_cpu_threads
 from workers.ranking.pairranker import PairRanker
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
 """Open questions for the demo ranker, answered at four quality levels: what the checkable
-families of ``demo_data`` cannot teach, since their answers are a single value.
+families of ``ranker_data`` cannot teach, since their answers are a single value.
 
 Each family is a small table of things with three facts each (an animal's group, food and
 home; a country's language, currency and continent; ...). A prompt asks for one fact or

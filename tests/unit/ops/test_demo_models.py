@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from ops.demo.models import install_demo
 from orchestration.registry import load_registry
 from tests.conftest import MODEL_CACHE
-from workers.demo_models import install_demo
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow

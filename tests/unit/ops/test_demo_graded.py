@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 
 from ops.bench import ranker_heldout
-from workers.ranking import demo_graded
-from workers.ranking.demo_data import ALL_FAMILIES, GRADED_FAMILIES, make_prompts, split
+from ops.demo import ranker_graded
+from ops.demo.ranker_data import ALL_FAMILIES, GRADED_FAMILIES, make_prompts, split
 
 
 def _sentences(text: str) -> list[str]:
@@ -39,7 +39,7 @@ def test_each_open_question_has_the_four_levels() -> None:
 
 
 def test_the_table_facts_are_the_correct_answers() -> None:
-    rows = {(f, r[0]): r for f, fam in demo_graded.FAMILIES.items() for r in fam.rows}
+    rows = {(f, r[0]): r for f, fam in ranker_graded.FAMILIES.items() for r in fam.rows}
     for p in make_prompts(250, seed=3, families=GRADED_FAMILIES):
         row = rows[(p.family, p.key.split(":", 1)[1])]
         correct = next(c.text for c in p.candidates if p.quality(c) == 3)
@@ -60,7 +60,7 @@ def test_the_hand_written_set_is_nothing_the_recipe_writes() -> None:
     generated = make_prompts(1500, seed=0, families=ALL_FAMILIES)
     sources = {p.source for p in generated}
     texts = {c.text for p in generated for c in p.candidates}
-    things = [r[0].lower() for fam in demo_graded.FAMILIES.values() for r in fam.rows]
+    things = [r[0].lower() for fam in ranker_graded.FAMILIES.values() for r in fam.rows]
     for it in items:
         assert it.source not in sources and not set(it.texts) & texts
         instruction = it.source.split("\n", 1)[0].lower()

@@ -14,7 +14,7 @@ months, letters, numbers). Each prompt has a ``key`` naming what it asks (the nu
 the country, ...): splits are by key, so a rephrasing of a held-out question never
 appears in training.
 
-Open questions (``GRADED_FAMILIES``, written by ``demo_graded``: animals, countries'
+Open questions (``GRADED_FAMILIES``, written by ``ranker_graded``: animals, countries'
 languages and money, organs, tools, sports, dishes) have four quality levels instead of
 right and wrong: correct, one flaw, fluent but wrong, off-topic or cut off. Every
 candidate has a level (``Prompt.quality``): on the checkable families a right answer is
@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import product
 
-from workers.ranking import demo_graded
+from ops.demo import ranker_graded
 from workers.ranking.evaluation import ListExample, PairExample
 from workers.ranking.training import TrainPair
 
 FAMILIES = ("arithmetic", "compare", "convert", "count", "order", "facts", "sequence")
-GRADED_FAMILIES = tuple(demo_graded.FAMILIES)
+GRADED_FAMILIES = tuple(ranker_graded.FAMILIES)
 ALL_FAMILIES = FAMILIES + GRADED_FAMILIES
 
 
@@ -59,7 +59,7 @@ class Prompt:
 
     def is_correct(self, candidate: Candidate) -> bool:
         if candidate.level is not None:
-            return candidate.level == demo_graded.CORRECT
+            return candidate.level == ranker_graded.CORRECT
         return candidate.answer == self.answer
 
     def quality(self, candidate: Candidate) -> int:
@@ -67,8 +67,8 @@ class Prompt:
         if candidate.level is not None:
             return candidate.level
         if self.is_correct(candidate):
-            return demo_graded.CORRECT
-        return demo_graded.OFF if candidate.kind in GENERIC_KINDS else demo_graded.FLUENT_WRONG
+            return ranker_graded.CORRECT
+        return ranker_graded.OFF if candidate.kind in GENERIC_KINDS else ranker_graded.FLUENT_WRONG
 
 
 # Phrasings of an answer: "{x}" is the value, other fields are the question's terms.
@@ -431,8 +431,8 @@ def make_prompts(n: int, seed: int = 0, families: Iterable[str] = FAMILIES,
     if unknown or not chosen:
         raise ValueError(f"unknown families {unknown}; choose from {ALL_FAMILIES}")
     rng = random.Random(seed)
-    graded = demo_graded.builders()
-    questions: list[_Question | demo_graded.Question] = []
+    graded = ranker_graded.builders()
+    questions: list[_Question | ranker_graded.Question] = []
     seen: set[str] = set()
     # Small families (facts, sequence) run out of distinct keys: stop asking them.
     misses = dict.fromkeys(chosen, 0)
@@ -453,7 +453,7 @@ def make_prompts(n: int, seed: int = 0, families: Iterable[str] = FAMILIES,
                else (q.answers[0].text, q.answers[0].text) for q in questions]
     prompts = []
     for q in questions:
-        if isinstance(q, demo_graded.Question):
+        if isinstance(q, ranker_graded.Question):
             prompts.append(_graded_prompt(q, rng, foreign))
             continue
         others = [f for f in rng.sample(foreign, min(8, len(foreign))) if f[1] != q.answer]
@@ -462,7 +462,7 @@ def make_prompts(n: int, seed: int = 0, families: Iterable[str] = FAMILIES,
     return prompts
 
 
-def _graded_prompt(q: demo_graded.Question, rng: random.Random,
+def _graded_prompt(q: ranker_graded.Question, rng: random.Random,
                    foreign: Sequence[tuple[str, str]]) -> Prompt:
     """The four levels, plus another question's answer (off-topic) and a generic failure
     (no answer, the question restated), all level 0 but the first three."""
@@ -473,10 +473,10 @@ def _graded_prompt(q: demo_graded.Question, rng: random.Random,
     generic = rng.choice([_Generic(rng.choice(_NO_ANSWER), "no_answer"),
                           _Generic(rng.choice(_RESTATE).format(q=q.source),
                                    "restated_question")])
-    cands = [Candidate(a.text, a.text if a.level == demo_graded.CORRECT else None, a.kind,
+    cands = [Candidate(a.text, a.text if a.level == ranker_graded.CORRECT else None, a.kind,
                        a.level) for a in q.answers]
-    cands += [Candidate(off, None, "off_topic", demo_graded.OFF),
-              Candidate(generic.text, None, generic.kind, demo_graded.OFF)]
+    cands += [Candidate(off, None, "off_topic", ranker_graded.OFF),
+              Candidate(generic.text, None, generic.kind, ranker_graded.OFF)]
     rng.shuffle(cands)
     return Prompt(q.family, q.key, q.source, correct, tuple(cands))
 

