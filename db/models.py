@@ -124,7 +124,6 @@ class Job(SQLModel, table=True):
     strategy: str = Field(default="full", max_length=32)
     aggregation: str = Field(default="max_logits", max_length=32)
     top_k: int = Field(default=3)
-    fusion_params: dict[str, Any] = _json(nullable=False, default=dict)
     chunk_size: int = Field(default=8)
     total: int = Field(default=0)
     completed: int = Field(default=0)
