@@ -1,4 +1,6 @@
-"""The tables of DESIGN §3: what an auditor needs to reconstruct any decision."""
+"""The tables: what an auditor needs to reconstruct any decision (which candidates each
+model wrote, every pairwise comparison that ran, the ranking and the fusion built on them,
+and people's labels), plus the bookkeeping that moves a job along."""
 
 from __future__ import annotations
 

@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     env: Literal["development", "test", "production"] = "development"
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str = DEFAULT_BROKER_URL
-    # Chords are counted in Postgres (DESIGN §4): no Redis, no chord_unlock polling.
+    # Chords are counted in Postgres, event-driven: the database backend's chord_unlock
+    # polls (first check after 1 s) and can loop forever, and a Redis counter breaks when
+    # a header task runs twice; the only servers are Postgres and RabbitMQ.
     result_backend: str = CHORD_BACKEND
     chunk_size: int = Field(default=8, ge=1, le=10_000)
     # None means the built-in registry of tiny random models.
