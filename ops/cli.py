@@ -7,6 +7,7 @@ import click
 from ops.cli_audit import audit
 from ops.cli_db import db
 from ops.cli_evaluate import evaluate_cmd
+from ops.cli_fuser import fuser
 from ops.cli_jobs import jobs
 from ops.cli_keys import keys
 from ops.cli_models import models
@@ -27,6 +28,6 @@ def cli() -> None:
 
 
 jobs.add_command(evaluate_cmd)  # its own module: ops/cli_evaluate.py
-for command in (db, jobs, models, worker, dispatcher, run, queues, workers, audit, ranker, keys,
-                tenants, serve):
+for command in (db, jobs, models, worker, dispatcher, run, queues, workers, audit, ranker, fuser,
+                keys, tenants, serve):
     cli.add_command(command)

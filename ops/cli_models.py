@@ -27,6 +27,7 @@ from ops.tables import print_table
 from orchestration.registry import (
     BACKENDS,
     ROLES,
+    ModelEntry,
     RegistryError,
     database_source,
     entry_row,
@@ -35,6 +36,7 @@ from orchestration.registry import (
     parse_entry,
     registry_from_rows,
 )
+from orchestration.settings import Settings
 
 
 @click.group()
@@ -136,10 +138,16 @@ def register(name: str, role: str, backend: str, model_path: str, revision: str,
         entry = parse_entry(raw, f"model {name!r}")
     except RegistryError as exc:
         raise click.UsageError(str(exc)) from exc
+    store_entry(settings, entry, replace)
+
+
+def store_entry(settings: Settings, entry: ModelEntry, replace: bool) -> None:
+    """Register ``entry`` in the database and say so (``models register``, and ``fuser
+    train --register`` for the revision it trained)."""
     with session_scope(settings.database_url) as session:
-        existing = {r.name: r for r in registered_models(session)}
-        if name in existing and not replace:
-            raise click.ClickException(f"model {name!r} is already registered "
+        existing = {r.name for r in registered_models(session)}
+        if entry.name in existing and not replace:
+            raise click.ClickException(f"model {entry.name!r} is already registered "
                                        "(--replace overwrites it)")
         created = upsert_model(session, entry_row(entry))
         _check_whole(session, settings.database_url)
