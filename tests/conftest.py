@@ -16,6 +16,11 @@ from sqlmodel import Session
 
 from orchestration.settings import Settings
 
+# Commands run in-process (click's CliRunner) read their settings from the environment: as
+# "test", the logging they configure leaves structlog's loggers uncached, so a later test
+# that captures logs sees the events whatever ran before it.
+os.environ.setdefault("BLENDQ_ENV", "test")
+
 ADMIN_URL = os.environ.get("BLENDQ_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BROKER_URL = os.environ.get("BLENDQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 MODEL_CACHE = Path(os.environ.get("BLENDQ_TEST_MODEL_CACHE",

@@ -154,7 +154,8 @@ def test_task_logs_carry_job_chunk_and_task_ids(stage_settings: Settings,
                                                 celery_app: Celery) -> None:
     capture = structlog.testing.LogCapture()
     previous = structlog.get_config()
-    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture],
+                        wrapper_class=structlog.make_filtering_bound_logger(0))
     try:
         # A chunk that does not exist: the task runs, logs and skips.
         generate.apply(kwargs={"job_id": "job_missing", "chunk_id": 987654321,
