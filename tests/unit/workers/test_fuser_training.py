@@ -164,3 +164,20 @@ def test_aggregator_reads_its_inference_conversation_and_learns_only_the_answer(
     assert AggregatorFuser(str(tmp_path / "agg")).fuse(
         [(example.instruction, example.input, list(example.candidates))],
         max_new_tokens=4)[0] is not None
+
+
+@pytest.mark.slow
+def test_smollm2_aggregator_learns_answers_that_end_its_turn(tmp_path: Path) -> None:
+    from ops.demo.models import install_demo
+    from orchestration.registry import load_registry
+    from tests.conftest import MODEL_CACHE
+
+    entry = load_registry(install_demo(MODEL_CACHE)).get("smol-aggregator", "fuser")
+    fuser = AggregatorFuser(entry.path)
+    tok = fuser.generator.tokenizer
+    encoded = encode(fuser, EXAMPLES[1], max_target_tokens=64)
+    # The chat template closes an assistant turn with <|im_end|>; generation stops there.
+    assert tok.convert_ids_to_tokens(encoded.labels[-1:]) == ["<|im_end|>"]
+    assert "<|im_start|>assistant" in tok.decode(encoded.input_ids)
+    losses = train(fuser, EXAMPLES, epochs=2, lr=1e-4, batch_size=2)
+    assert losses[1] < losses[0], losses
