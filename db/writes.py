@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy import Float, String, Table, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -19,13 +20,13 @@ def insert_ignore(
     """INSERT … ON CONFLICT DO NOTHING; returns ``returning`` of the rows actually inserted.
 
     Several rows without ``returning`` (the generation worker's candidates) go through
-    :func:`bulk_insert_ignore`: one statement on PostgreSQL.
+    :func:`copy_insert_ignore`: one COPY on PostgreSQL.
     """
     if not rows:
         return []
     table = model.__table__  # type: ignore[attr-defined]
     if returning is None and len(rows) > 1:
-        bulk_insert_ignore(session, model, rows)
+        copy_insert_ignore(session, model, rows)
         return []
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -101,8 +102,45 @@ def bulk_insert_ignore(session: Session, model: type[SQLModel] | Table,
         return int(cursor.rowcount)
 
 
-# The name callers know; it used COPY until issue 13.
-copy_insert_ignore = bulk_insert_ignore
+def copy_insert_ignore(session: Session, model: type[SQLModel] | Table,
+                       rows: Sequence[dict[str, Any]], *, wait_for_flush: bool = True) -> int:
+    """:func:`bulk_insert_ignore` through a binary ``COPY`` where no row is stored yet.
+
+    COPY fills heap pages many rows at a time; an ``INSERT … ON CONFLICT`` inserts row by
+    row, each first probing the unique index. So the batch goes in by COPY under a
+    savepoint, and only when a row is stored already (a redelivered task: the COPY fails on
+    the unique constraint, and the savepoint undoes it) does it take
+    :func:`bulk_insert_ignore`, which keeps the stored rows and counts the new ones. Same
+    contract and errors as :func:`bulk_insert_ignore`; tables with a column only SQLAlchemy
+    fills, and other dialects, take that path directly.
+    """
+    if not rows:
+        return 0
+    table: Table = model if isinstance(model, Table) else model.__table__  # type: ignore[attr-defined]
+    columns = _columns(table, rows)
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql" or _plan(table, columns, dialect).python_defaults:
+        return bulk_insert_ignore(session, model, rows, wait_for_flush=wait_for_flush)
+    for column in _plan(table, columns, dialect).columns:
+        if column.text:
+            _refuse_nul(table.name, column.name, [row[column.name] for row in rows])
+    session.flush()
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    copy_plan = _copy_plan(raw, table, columns, dialect)
+    setup = "" if wait_for_flush else f"{_NO_FLUSH_WAIT}; "
+    with raw.cursor() as cursor:
+        cursor.execute(f"{setup}SAVEPOINT {_SAVEPOINT}")
+        try:
+            with cursor.copy(copy_plan.statement) as copy:
+                copy.set_types(copy_plan.types)
+                for row in rows:
+                    copy.write_row([row[name] for name in columns])
+        except psycopg.errors.UniqueViolation:
+            cursor.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE SAVEPOINT {_SAVEPOINT}")
+            return bulk_insert_ignore(session, model, rows, wait_for_flush=wait_for_flush)
+        cursor.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
+    return len(rows)
 
 
 @dataclass(frozen=True)
@@ -120,8 +158,16 @@ class _Plan:
     python_defaults: bool  # a column left out has a default only SQLAlchemy applies
 
 
+@dataclass(frozen=True)
+class _CopyPlan:
+    statement: str
+    types: tuple[int, ...]  # the columns' type OIDs: COPY's binary format needs them
+
+
 _NO_FLUSH_WAIT = "SET LOCAL synchronous_commit = off"
+_SAVEPOINT = "blendq_copy"
 _plans: dict[tuple[Table, tuple[str, ...], str], _Plan] = {}
+_copy_plans: dict[tuple[Table, tuple[str, ...]], _CopyPlan] = {}
 
 
 def _columns(table: Table, rows: Sequence[dict[str, Any]]) -> tuple[str, ...]:
@@ -151,7 +197,7 @@ def _plan(table: Table, columns: tuple[str, ...], dialect: Dialect) -> _Plan:
         # ...): PostgreSQL checks lengths and values exactly as a plain INSERT would.
         casts.append(f"%b::{column_type.compile(dialect=dialect)}[]")
         specs.append(_Column(name, column_type.dialect_impl(dialect).bind_processor(dialect),
-                             isinstance(column_type, String), isinstance(column_type, Float)))
+                             _is(column_type, String), _is(column_type, Float)))
     left_out = [c for c in table.c if c.name not in columns]
     plan = _Plan(
         statement=(f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
@@ -161,6 +207,31 @@ def _plan(table: Table, columns: tuple[str, ...], dialect: Dialect) -> _Plan:
         python_defaults=any(c.default is not None for c in left_out))
     _plans[key] = plan
     return plan
+
+
+def _copy_plan(raw: psycopg.Connection[Any], table: Table, columns: tuple[str, ...],
+               dialect: Dialect) -> _CopyPlan:
+    key = (table, columns)
+    plan = _copy_plans.get(key)
+    if plan is not None:
+        return plan
+    name = dialect.identifier_preparer.format_table(table)
+    oids = dict(raw.execute(
+        "SELECT attname, atttypid::int FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        [name]).fetchall())
+    quote = dialect.identifier_preparer.quote
+    plan = _CopyPlan(
+        statement=(f"COPY {name} ({', '.join(quote(c) for c in columns)}) "
+                   "FROM STDIN (FORMAT BINARY)"),
+        types=tuple(int(oids[c]) for c in columns))
+    _copy_plans[key] = plan
+    return plan
+
+
+def _is(column_type: Any, kind: type) -> bool:
+    # SQLModel's AutoString is a TypeDecorator over String: look through to what it wraps.
+    return isinstance(column_type, kind) or isinstance(getattr(column_type, "impl", None), kind)
 
 
 def _arrays(table: Table, plan: _Plan, rows: Sequence[dict[str, Any]]) -> list[list[Any]] | None:

@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import delete, update
+from sqlalchemy import delete, or_, update
 from sqlmodel import Session, col, select
 
 from db.models import (
@@ -35,6 +35,7 @@ from db.models import (
     Chunk,
     ChunkStage,
     ChunkStatus,
+    Comparison,
     Fusion,
     Job,
     JobStatus,
@@ -66,6 +67,15 @@ def retry_failed(session: Session, app: Celery, job_id: str) -> dict[str, Any]:
         return {"job_id": job_id, "requests": 0, "chunks": 0, "status": job.status}
     request_ids = [rid for rid, _ in failed]
     chunk_ids = sorted({cid for _, cid in failed if cid is not None})
+    failed_candidates = (select(Candidate.id)
+                         .where(col(Candidate.request_id).in_(request_ids),
+                                col(Candidate.ok).is_(False)))
+    # Comparisons name candidates without a foreign key (migration 0011): nothing else
+    # would take a deleted candidate's rows with it.
+    session.execute(delete(Comparison).where(
+        col(Comparison.request_id).in_(request_ids),
+        or_(col(Comparison.candidate_a_id).in_(failed_candidates),
+            col(Comparison.candidate_b_id).in_(failed_candidates))))
     session.execute(delete(Candidate).where(col(Candidate.request_id).in_(request_ids),
                                             col(Candidate.ok).is_(False)))
     session.execute(delete(Ranking).where(col(Ranking.request_id).in_(request_ids)))

@@ -6,21 +6,25 @@ printed as a ratio against the ORM baseline of that run.
     python -m ops.bench.storage --requests 10000 --batch 512
 
 Comparison rows (6 ordered pairs of 3 candidates a request), one transaction a batch:
-- unnest: ``db.writes.copy_insert_ignore`` (= ``bulk_insert_ignore``), what the ranking
-  worker does with each batch of logits: one ``INSERT … SELECT * FROM unnest(…) ON
-  CONFLICT DO NOTHING``;
+- copy: ``db.writes.copy_insert_ignore``, a binary COPY under a savepoint, in a
+  transaction that waits for its WAL to reach disk;
 - orm: ``session.add_all`` of ``Comparison`` objects and ``commit`` (the baseline);
-- unnest again: the same rows a second time, every one a conflict (a redelivered task);
+- copy again: the same rows a second time, every one a conflict (a redelivered task): the
+  COPY fails and the batch takes the unnest path below;
+- unnest: ``db.writes.bulk_insert_ignore``, one ``INSERT … SELECT * FROM unnest(…) ON
+  CONFLICT DO NOTHING`` (the path before the COPY);
 - temp-table copy (and again): the path before issue 13, kept here to compare: COPY into a
   temporary table, ``INSERT … SELECT … ON CONFLICT DO NOTHING``, TRUNCATE;
-- unnest, no flush wait: the same with ``wait_for_flush=False`` (this transaction commits
-  without waiting for its WAL to reach disk);
-- unnest, no FKs: the same statement into a copy of the table without its three foreign
-  keys, to show what PostgreSQL's per-row foreign key checks cost (not a path blendq takes).
+- copy, no flush wait: the same in a transaction that commits without waiting for its WAL
+  to reach disk (``session_scope(url, flush_wal=False)``): what the ranking worker does
+  with each batch of logits (its ranking commit, which waits, makes them durable);
+- copy, with candidate FKs: the same into a copy of the table that still has the two
+  candidate foreign keys migration 0011 dropped, to show what their per-row checks cost.
 
 Candidate rows (3 a request, a few hundred characters of text, JSON params), the same way:
-``db.writes.insert_ignore`` as the generation worker calls it, its second delivery, ORM
-``add_all`` (the baseline) and SQLAlchemy's executemany (insert_ignore before issue 13).
+``db.writes.insert_ignore`` (a COPY), its second delivery, the same without the flush
+wait as the generation worker calls it, ORM ``add_all`` (the baseline) and SQLAlchemy's
+executemany (insert_ignore before issue 13).
 
 Each way writes under a ranker revision (or model names) of its own, so no way meets
 another's rows; within a round the ways take turns batch by batch, so a machine busy with
@@ -52,7 +56,7 @@ from ops.bench.stack import fresh_database
 Rows = list[dict[str, Any]]
 Write = Callable[[str, Rows], int | None]
 MODELS = ("tiny-a", "tiny-b", "tiny-c")
-UNCHECKED = "comparison_without_fks"
+CHECKED = "comparison_with_candidate_fks"
 ANSWER = ("A candidate answer of a few sentences, about as long as a short reply from a "
           "chat model: it restates the question, gives the answer and one reason. ") * 2
 
@@ -105,26 +109,31 @@ def batches(rows: Rows, size: int) -> list[Rows]:
 # Each writer stores one batch in one transaction, as the workers do, and returns how many
 # rows were new (None where the path does not say).
 
-def write_unnest(url: str, batch: Rows) -> int | None:
+def write_copy(url: str, batch: Rows) -> int | None:
     with session_scope(url) as session:
         return copy_insert_ignore(session, Comparison, batch)
 
 
-def write_unnest_no_flush_wait(url: str, batch: Rows) -> int | None:
+def write_copy_no_flush_wait(url: str, batch: Rows) -> int | None:
+    with session_scope(url, flush_wal=False) as session:
+        return copy_insert_ignore(session, Comparison, batch)
+
+
+def write_unnest(url: str, batch: Rows) -> int | None:
     with session_scope(url) as session:
-        return bulk_insert_ignore(session, Comparison, batch, wait_for_flush=False)
+        return bulk_insert_ignore(session, Comparison, batch)
 
 
 @functools.cache
-def unchecked_table(url: str) -> Table:
-    return Table(UNCHECKED, MetaData(), autoload_with=get_engine(url))
+def checked_table(url: str) -> Table:
+    return Table(CHECKED, MetaData(), autoload_with=get_engine(url))
 
 
-def write_unnest_without_fks(url: str, batch: Rows) -> int | None:
-    """The same statement into a copy of the comparison table that lacks its three foreign
-    keys: what their per-row checks cost (not a path blendq takes)."""
+def write_copy_with_candidate_fks(url: str, batch: Rows) -> int | None:
+    """The same COPY into a copy of the comparison table with the two candidate foreign
+    keys migration 0011 dropped: what their per-row checks cost."""
     with session_scope(url) as session:
-        return bulk_insert_ignore(session, unchecked_table(url), batch)
+        return copy_insert_ignore(session, checked_table(url), batch)
 
 
 def temp_table_copy(session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]]
@@ -157,6 +166,12 @@ def write_temp_copy(url: str, batch: Rows) -> int | None:
 
 def write_candidates(url: str, batch: Rows) -> int | None:
     with session_scope(url) as session:
+        insert_ignore(session, Candidate, batch)
+    return None
+
+
+def write_candidates_no_flush_wait(url: str, batch: Rows) -> int | None:
+    with session_scope(url, flush_wal=False) as session:
         insert_ignore(session, Candidate, batch)
     return None
 
@@ -195,22 +210,25 @@ class Way:
 
 WAYS = [
     Way("orm", "ORM add_all + commit", "comparison", orm_writer(Comparison), baseline=True),
-    Way("unnest", "copy_insert_ignore: INSERT … unnest (ranking)", "comparison", write_unnest),
-    Way("unnest again", "copy_insert_ignore, all rows already stored", "comparison",
-        write_unnest, again=True),
+    Way("copy", "copy_insert_ignore: COPY, flush wait", "comparison", write_copy),
+    Way("copy again", "copy_insert_ignore, all rows already stored", "comparison",
+        write_copy, again=True),
+    Way("unnest", "bulk_insert_ignore: INSERT … unnest", "comparison", write_unnest),
     Way("temp copy", "COPY to temporary table (before issue 13)", "comparison",
         write_temp_copy),
     Way("temp copy again", "COPY to temporary table, all rows stored", "comparison",
         write_temp_copy, again=True),
-    Way("unnest, no flush wait", "copy_insert_ignore(wait_for_flush=False)", "comparison",
-        write_unnest_no_flush_wait),
-    Way("unnest, no FKs", "  same, table copy without its 3 foreign keys", "comparison",
-        write_unnest_without_fks),
+    Way("copy, no flush wait", "copy_insert_ignore, no flush wait (ranking)",
+        "comparison", write_copy_no_flush_wait),
+    Way("copy, candidate FKs", "copy, flush wait, candidate FKs (before 0011)",
+        "comparison", write_copy_with_candidate_fks),
     Way("cand orm", "ORM add_all + commit", "candidate", orm_writer(Candidate), baseline=True),
-    Way("cand insert_ignore", "insert_ignore(Candidate) (generation)", "candidate",
+    Way("cand insert_ignore", "insert_ignore(Candidate): COPY, flush wait", "candidate",
         write_candidates),
     Way("cand again", "insert_ignore(Candidate), all rows stored", "candidate",
         write_candidates, again=True),
+    Way("cand no flush wait", "insert_ignore, no flush wait (generation)", "candidate",
+        write_candidates_no_flush_wait),
     Way("cand executemany", "executemany (insert_ignore before issue 13)", "candidate",
         write_candidates_executemany),
 ]
@@ -230,7 +248,11 @@ def main() -> None:
         requests = prepare(url, args.requests)
         with session_scope(url) as session:
             session.connection().exec_driver_sql(
-                f"CREATE TABLE {UNCHECKED} (LIKE comparison INCLUDING ALL)")
+                f"CREATE TABLE {CHECKED} (LIKE comparison INCLUDING ALL)")
+            for column in ("candidate_a_id", "candidate_b_id"):
+                session.connection().exec_driver_sql(
+                    f"ALTER TABLE {CHECKED} ADD FOREIGN KEY ({column}) "
+                    "REFERENCES candidate(id) ON DELETE CASCADE")
         sizes = {"comparison": 6 * len(requests), "candidate": 3 * len(requests)}
 
         def rows_for(way: Way, reqs: list[tuple[int, list[int]]], tag: str) -> Rows:
@@ -284,10 +306,14 @@ def main() -> None:
             if way.kind == kind:
                 print(f"  {way.label:<46} {median[way.name]:>10,.0f} "
                       f"{median[way.name] / median[baseline]:>6.1f}x")
-    print(f"comparison unnest / orm: {median['unnest'] / median['orm']:.1f}x "
-          f"(temp-table copy / orm: {median['temp copy'] / median['orm']:.1f}x)")
-    print(f"candidate insert_ignore / orm: "
-          f"{median['cand insert_ignore'] / median['cand orm']:.1f}x")
+    print(f"comparison copy, as the ranking worker writes / orm: "
+          f"{median['copy, no flush wait'] / median['orm']:.1f}x "
+          f"(flush wait {median['copy'] / median['orm']:.1f}x, "
+          f"unnest {median['unnest'] / median['orm']:.1f}x, "
+          f"temp-table copy {median['temp copy'] / median['orm']:.1f}x)")
+    print(f"candidate insert_ignore, as the generation worker writes / orm: "
+          f"{median['cand no flush wait'] / median['cand orm']:.1f}x "
+          f"(flush wait {median['cand insert_ignore'] / median['cand orm']:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def test_storage_prints_its_ratio() -> None:
     out = _run("ops.bench.storage", "--requests", "100", "--rounds", "1", timeout=180)
     # The benchmark asserts each way's counts itself (every row once, none on a second
     # delivery); here: it got to its table, with a ratio for both kinds of rows.
-    assert "comparison unnest / orm:" in out and "candidate insert_ignore / orm:" in out
+    assert "comparison copy, as the ranking worker writes / orm:" in out
+    assert "candidate insert_ignore, as the generation worker writes / orm:" in out
     assert "COPY to temporary table (before issue 13)" in out
 
 

@@ -1,5 +1,6 @@
-"""``copy_insert_ignore``: one ``INSERT … SELECT FROM unnest`` on the real PostgreSQL
-database, executemany on SQLite; both store each row once and say how many were new."""
+"""``copy_insert_ignore``: a binary COPY on the real PostgreSQL database, and ``INSERT …
+SELECT FROM unnest … ON CONFLICT DO NOTHING`` when a row is stored already; executemany on
+SQLite; each stores each row once and says how many were new."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from db.models import Candidate, Comparison, Job, Request, utcnow
 from db.writes import copy_insert_ignore
@@ -58,8 +59,8 @@ def _check_idempotent(session: Session) -> None:
 
 def test_copy_on_postgres_stores_each_row_once(session: Session) -> None:
     _check_idempotent(session)
-    # One statement a batch: no temporary table is made (the COPY path made one per
-    # connection and emptied it per batch, which cost a new file each time).
+    # No temporary table is made (the COPY path before issue 13 made one per connection
+    # and emptied it per batch, which cost a new file each time).
     temps = session.connection().exec_driver_sql(
         "SELECT relname FROM pg_class WHERE relpersistence = 't' "
         "AND relnamespace = pg_my_temp_schema()").scalars().all()
@@ -86,3 +87,42 @@ def test_sqlite_takes_the_executemany_path(tmp_path: Path) -> None:
     with Session(engine) as sqlite_session:
         _check_idempotent(sqlite_session)
     engine.dispose()
+
+
+def test_a_conflict_undoes_only_the_copy_not_the_callers_transaction(session: Session) -> None:
+    request_id, ids = _candidates(session, 3)
+    assert copy_insert_ignore(session, Comparison, _rows(request_id, ids, [(0, 1)], 0.5)) == 1
+    # The next batch's COPY fails on (0, 1); the savepoint takes back only that COPY, so
+    # (0, 1) stays as first stored, the rest goes in, and the transaction carries on.
+    pairs = [(0, 1), (1, 0), (0, 2), (2, 0)]
+    assert copy_insert_ignore(session, Comparison, _rows(request_id, ids, pairs, 9.0)) == 3
+    session.add(Candidate(request_id=request_id, model="later", text="still writable"))
+    session.flush()
+    stored = dict(session.exec(
+        select(Comparison.candidate_a_id, Comparison.logit)
+        .where(Comparison.request_id == request_id, Comparison.candidate_b_id == ids[1])).all())
+    assert stored == {ids[0]: pytest.approx(-0.5)}
+
+
+def test_copy_refuses_nul_naming_row_and_column(session: Session) -> None:
+    request_id, ids = _candidates(session, 2)
+    rows = _rows(request_id, ids, [(0, 1), (1, 0)], 0.0)
+    rows[1]["ranker_revision"] = "rev\x00"
+    with pytest.raises(ValueError, match="row 1: ranker_revision contains a NUL"):
+        copy_insert_ignore(session, Comparison, rows)
+
+
+def test_candidates_with_json_and_nulls_go_through_copy(session: Session) -> None:
+    request_id, _ = _candidates(session, 0)
+    now = utcnow()
+    rows = [{"request_id": request_id, "model": f"g{i}", "model_revision": "r",
+             "params": {"temperature": 0.5, "stop": ["\n"]}, "ok": i == 0, "text": "answer",
+             "error": None if i == 0 else "timed out", "prompt_tokens": 3,
+             "completion_tokens": 4, "latency_ms": 1, "created_at": now} for i in range(2)]
+    assert copy_insert_ignore(session, Candidate, rows) == 2
+    assert copy_insert_ignore(session, Candidate, rows) == 0
+    stored = session.exec(select(Candidate).where(Candidate.request_id == request_id)
+                          .order_by(col(Candidate.model))).all()
+    assert [(c.params, c.ok, c.error, c.latency_ms) for c in stored] == [
+        ({"temperature": 0.5, "stop": ["\n"]}, True, None, 1.0),
+        ({"temperature": 0.5, "stop": ["\n"]}, False, "timed out", 1.0)]

@@ -9,12 +9,13 @@ from datetime import UTC, datetime, timedelta
 import click
 import pytest
 from celery import Celery
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from db.models import (
     Candidate,
     Chunk,
     ChunkStatus,
+    Comparison,
     Fusion,
     Job,
     JobStatus,
@@ -67,6 +68,14 @@ def finished_job(session: Session, tenant: str = "default") -> tuple[Job, list[R
 def test_retry_requeues_only_failed_requests(session: Session, celery_app: Celery) -> None:
     job, requests = finished_job(session)
     failed = requests[3]
+    # Comparisons name candidates without a foreign key: the failed candidate's must go
+    # with it, a completed request's stay.
+    for request in (failed, requests[2]):
+        a, b = session.exec(select(Candidate.id).where(Candidate.request_id == request.id)
+                            .order_by(col(Candidate.model))).all()
+        session.add(Comparison(request_id=request.id or 0, candidate_a_id=a or 0,
+                               candidate_b_id=b or 0, logit=1.0, ranker_revision="r"))
+    session.flush()
     done = retry_failed(session, celery_app, job.id)
     assert (done["requests"], done["chunks"], done["status"]) == (1, 1, "in_progress")
     session.refresh(job)
@@ -80,6 +89,9 @@ def test_retry_requeues_only_failed_requests(session: Session, celery_app: Celer
     left = session.exec(select(Candidate.model).where(Candidate.request_id == failed.id)).all()
     assert left == ["m-a"]
     assert session.exec(select(Ranking).where(Ranking.request_id == failed.id)).all() == []
+    kept = session.exec(select(Comparison.request_id).where(
+        col(Comparison.request_id).in_([failed.id, requests[2].id]))).all()
+    assert kept == [requests[2].id]
     # Completed requests keep every row.
     assert len(session.exec(select(Ranking).where(Ranking.request_id == requests[2].id))
                .all()) == 1
