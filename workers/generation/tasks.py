@@ -107,12 +107,8 @@ def _generate_chunks(settings: Settings, model: str, own: int, chunk_ids: list[i
 
 
 def _start_gathered(settings: Settings, chunk_ids: list[int]) -> list[int]:
-    started = []
-    for other in chunk_ids:
-        with session_scope(settings.database_url, flush_wal=False) as session:
-            if lifecycle.start_chunk(session, other, settings.chunk_lease_seconds):
-                started.append(other)
-    return started
+    with session_scope(settings.database_url, flush_wal=False) as session:
+        return lifecycle.start_chunks(session, chunk_ids, settings.chunk_lease_seconds)
 
 
 def _gather_work(settings: Settings, model: str,

@@ -31,6 +31,7 @@ from orchestration.lifecycle import (
     finish_chunk,
     recount,
     start_chunk,
+    start_chunks,
     transition,
 )
 
@@ -197,6 +198,39 @@ def test_start_chunk_of_the_last_chunk_of_a_cancelling_job_closes_it(session: Se
     assert job.status == JobStatus.CANCELLED
     assert job.cancelled_at is not None
     assert (job.total, job.completed, job.failed) == (4, 1, 1)
+
+
+def test_start_chunks_starts_waiting_renews_running_and_skips_finished(
+        session: Session) -> None:
+    _, chunks = make_job(session, chunks=[
+        (ChunkStatus.DISPATCHED, [P]), (ChunkStatus.RUNNING, [P]), (ChunkStatus.DONE, [C]),
+        (ChunkStatus.PENDING, [P]), (ChunkStatus.CANCELLED, [C])])
+    waiting, running, done, pending, cancelled = chunks
+    running.started_at = datetime(2026, 1, 1, tzinfo=UTC)
+    session.add(running)
+    session.flush()
+    ids = [c.id or 0 for c in chunks]
+    assert start_chunks(session, list(reversed(ids)), lease_seconds=60) == [
+        waiting.id, running.id, pending.id]
+    reload(session)
+    assert [c.status for c in chunks] == [ChunkStatus.RUNNING, ChunkStatus.RUNNING,
+                                          ChunkStatus.DONE, ChunkStatus.RUNNING,
+                                          ChunkStatus.CANCELLED]
+    assert running.started_at == datetime(2026, 1, 1, tzinfo=UTC)  # kept, as start_chunk
+    assert waiting.started_at is not None and done.started_at is None
+    for chunk in (waiting, running, pending):
+        assert chunk.lease_until is not None and chunk.lease_until > datetime.now(UTC)
+    assert start_chunks(session, []) == []
+
+
+def test_start_chunks_of_a_cancelling_job_cancels_the_unstarted_ones(session: Session) -> None:
+    job, [waiting, running] = make_job(session, JobStatus.CANCELLING, chunks=[
+        (ChunkStatus.DISPATCHED, [P]), (ChunkStatus.RUNNING, [P])])
+    assert start_chunks(session, [waiting.id or 0, running.id or 0]) == [running.id]
+    reload(session)
+    assert (waiting.status, running.status) == (ChunkStatus.CANCELLED, ChunkStatus.RUNNING)
+    assert request_statuses(session, waiting) == [RequestStatus.CANCELLED]
+    assert session.get(Job, job.id).chunks_left == 1  # type: ignore[union-attr]
 
 
 def test_start_chunk_of_an_expired_job_does_not_start_it(session: Session) -> None:
