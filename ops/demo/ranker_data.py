@@ -451,10 +451,14 @@ def make_prompts(n: int, seed: int = 0, families: Iterable[str] = FAMILIES,
         questions.append(q)
     foreign = [(_phrase(q, q.answer, rng), q.answer) if isinstance(q, _Question)
                else (q.answers[0].text, q.answers[0].text) for q in questions]
+    # An open question's off-topic answer is another open question's correct answer:
+    # as fluent and as long as its own, so only relevance to the question tells them apart.
+    fluent = [(q.answers[0].text, q.answers[0].text) for q in questions
+              if isinstance(q, ranker_graded.Question)]
     prompts = []
     for q in questions:
         if isinstance(q, ranker_graded.Question):
-            prompts.append(_graded_prompt(q, rng, foreign))
+            prompts.append(_graded_prompt(q, rng, fluent if len(fluent) > 1 else foreign))
             continue
         others = [f for f in rng.sample(foreign, min(8, len(foreign))) if f[1] != q.answer]
         prompts.append(Prompt(q.family, q.key, q.source, q.answer,

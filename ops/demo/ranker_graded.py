@@ -9,7 +9,8 @@ all three, and its answers are written from the table:
 - ``one_flaw`` (2): the asked fact true, one other fact taken from another row;
 - ``fluent_wrong`` (1): the same sentences, but the asked fact (and one more) from
   another row: fluent, on topic, wrong;
-- ``off_topic`` (0): the correct answer to another prompt; ``cut_off`` (0): the correct
+- ``off_topic`` (0): the correct answer to another open question (as fluent and as long
+  as the right one, so only relevance tells them apart); ``cut_off`` (0): the correct
   answer stopped mid-sentence, as a model that ran out of tokens.
 
 Labels therefore come from the table, and every level is written in the same sentences,

@@ -65,3 +65,14 @@ def test_the_hand_written_set_is_nothing_the_recipe_writes() -> None:
         assert it.source not in sources and not set(it.texts) & texts
         instruction = it.source.split("\n", 1)[0].lower()
         assert not [t for t in things if re.search(rf"\b{re.escape(t)}\b", instruction)]
+
+
+def test_an_open_question_is_off_topic_with_another_open_questions_answer() -> None:
+    prompts = make_prompts(400, seed=0, families=ALL_FAMILIES)
+    graded = [p for p in prompts if p.family in GRADED_FAMILIES]
+    correct = {c.text for p in graded for c in p.candidates if c.kind == "correct"}
+    for p in graded:
+        off = next(c.text for c in p.candidates if c.kind == "off_topic")
+        own = next(c.text for c in p.candidates if c.kind == "correct")
+        # As fluent as the prompt's own answer: only relevance tells them apart.
+        assert off in correct and off != own
