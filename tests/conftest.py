@@ -50,8 +50,18 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(pg_url: str) -> Settings:
-    return Settings(env="test", database_url=pg_url, broker_url=BROKER_URL,
+def broker_url() -> Iterator[str]:
+    """This run's RabbitMQ vhost for tests that publish in-process: runs side by side (the
+    suite's pytest-xdist workers) never see each other's messages or queues."""
+    from ops.bench.stack import private_vhost
+
+    with private_vhost("blendq-unit", BROKER_URL) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings(pg_url: str, broker_url: str) -> Settings:
+    return Settings(env="test", database_url=pg_url, broker_url=broker_url,
                     model_cache=MODEL_CACHE, chunk_size=8)
 
 

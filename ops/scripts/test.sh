@@ -5,4 +5,8 @@ cd "$(dirname "$0")/../.."
 ops/scripts/services.sh
 ops/scripts/browser.sh
 ops/scripts/bootstrap.sh dev,demo
-exec .venv/bin/python -m pytest "$@"
+# Test files run side by side in BLENDQ_TEST_WORKERS processes (pytest-xdist; each file
+# stays in one, so its module fixtures are shared): most of a test's time is spent waiting
+# on worker processes, not on a core. Each process has its own database and RabbitMQ vhost.
+# "-n 0" (or BLENDQ_TEST_WORKERS=0) runs in one process.
+exec .venv/bin/python -m pytest -n "${BLENDQ_TEST_WORKERS:-3}" --dist loadfile "$@"
