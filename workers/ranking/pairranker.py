@@ -32,6 +32,16 @@ it differs on purpose):
   size 1 the two agree); the three prefix positions are taken from the layout rather than
   by searching for the prefix ids, so prefix strings inside user text cannot misalign the
   head (the reference would crash or pick the wrong token).
+
+``candidate_attention`` in the ranker config: ``"joint"`` (the default, PairRM's: every
+token sees the whole input) or ``"separate"``: the same input and head, but the tokens of
+each candidate see the source and their own candidate only, and the second candidate takes
+the first one's position ids; the source still sees both. The candidates then never read
+each other directly, so a small encoder judges each against the question instead of
+learning shortcuts from comparing the two texts token by token; with the two candidate
+prefix embeddings equal, the logit is antisymmetric (A over B = -(B over A)). The demo
+MiniLM ranker uses it; it needs a backbone whose forward takes ``position_ids`` and a 4-D
+additive attention mask (BERT-like models in transformers do).
 """
 
 from __future__ import annotations
@@ -122,6 +132,10 @@ class PairRanker:
             nn.Dropout(drop),
             nn.Linear(hidden, int(self.config.get("n_tasks", 1))),
         )
+        self.candidate_attention = str(self.config.get("candidate_attention", "joint"))
+        if self.candidate_attention not in ("joint", "separate"):
+            raise ValueError(f"candidate_attention {self.candidate_attention!r}: "
+                             "joint or separate")
         self._weights_file = weights_file
         self._set_special_ids()
         self.device = pick_device(device)
@@ -288,9 +302,15 @@ class PairRanker:
 
         input_ids, mask = padded(batch, self.pad_id)
         positions = torch.tensor([pos for _, pos in batch], dtype=torch.long, device=self.device)
-        out = self.backbone(
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
-        )
+        if self.candidate_attention == "separate":
+            attention, position_ids = separate_candidates(batch, input_ids.shape[1], self.dtype)
+            out = self.backbone(input_ids=input_ids.to(self.device),
+                                attention_mask=attention.to(self.device),
+                                position_ids=position_ids.to(self.device))
+        else:
+            out = self.backbone(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+            )
         hidden = out.last_hidden_state
         rows = torch.arange(len(batch), device=self.device).unsqueeze(-1)
         picked = hidden[rows, positions]  # [batch, 3, hidden]: source, cand1, cand2
@@ -390,3 +410,27 @@ def padded(batch: Sequence[tuple[list[int], list[int]]],
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         mask[row, : len(ids)] = 1
     return input_ids, mask
+
+
+def separate_candidates(batch: Sequence[tuple[list[int], list[int]]], width: int,
+                        dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The additive attention mask ([rows, 1, width, width]) and position ids of
+    ``candidate_attention = "separate"``: the source sees all three segments, each
+    candidate the source and itself, the second candidate at the first one's positions."""
+    import torch
+
+    allow = torch.zeros((len(batch), width, width), dtype=torch.bool)
+    position_ids = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, pos) in enumerate(batch):
+        # A segment starts one token before its prefix (cls), or at it without a cls.
+        at = pos[0]
+        first, second, end = pos[1] - at, pos[2] - at, len(ids)
+        allow[row, :first, :end] = True
+        allow[row, first:second, :second] = True
+        allow[row, second:end, :first] = True
+        allow[row, second:end, second:end] = True
+        allow[row, end:, :end] = True  # padding rows: attend anywhere, never read
+        position_ids[row, :second] = torch.arange(second)
+        position_ids[row, second:end] = torch.arange(first, first + end - second)
+    mask = torch.zeros((len(batch), 1, width, width), dtype=dtype)
+    return mask.masked_fill(~allow[:, None], torch.finfo(dtype).min), position_ids

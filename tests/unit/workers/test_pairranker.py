@@ -172,3 +172,31 @@ def test_a_hub_id_loads_from_the_hub_cache(ranker: PairRanker, tmp_path: Path,
     assert loaded.compare(PAIRS[:3]) == ranker.compare(PAIRS[:3])
     with pytest.raises(FileNotFoundError, match="llm-blender/pair-ranker: not a local dir"):
         PairRanker.from_pretrained("llm-blender/pair-ranker", device="cpu")
+
+
+def test_separate_candidate_attention_is_antisymmetric_and_not_the_default(
+        tiny_models: dict[str, Path]) -> None:
+    import torch
+
+    path = str(tiny_models["tiny-ranker"])
+    joint = PairRanker.from_pretrained(path, device="cpu")
+    assert joint.candidate_attention == "joint"
+    separate = PairRanker(PairRanker.from_pretrained(path, device="cpu").backbone, joint.tokenizer,
+                          {**joint.config, "candidate_attention": "separate"}, device="cpu")
+    separate.head_layer.load_state_dict(joint.head_layer.state_dict())
+    # Swapping the candidates swaps their prefix tokens too; with the two prefixes equal
+    # (as the demo MiniLM ranker's are) nothing else tells the slots apart.
+    rows = separate.backbone.get_input_embeddings().weight
+    with torch.no_grad():
+        rows[separate.cand2_prefix_id] = rows[separate.cand1_prefix_id]
+    a, b = "The capital of France is Paris.", "London is the capital, a much longer answer."
+    forward, backward = separate.compare([(SOURCE, a, b), (SOURCE, b, a)])
+    assert forward == pytest.approx(-backward, abs=1e-5) and forward != 0
+    # Batched with longer rows (padding) or alone: the same logits.
+    alone = separate.compare(PAIRS[:5], batch_size=1)
+    batched = separate.compare(PAIRS[:5], batch_size=5)
+    assert max(abs(x - y) for x, y in zip(alone, batched, strict=True)) < 1e-4
+    assert joint.compare([(SOURCE, a, b)]) != separate.compare([(SOURCE, a, b)])
+    with pytest.raises(ValueError, match="candidate_attention"):
+        PairRanker(joint.backbone, joint.tokenizer,
+                   {**joint.config, "candidate_attention": "both"}, device="cpu")
