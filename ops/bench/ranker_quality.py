@@ -119,7 +119,8 @@ def report(recipe: RankerRecipe = DEMO_RANKER, ranker_path: Path | None = None,
     curves: dict[str, list[dict[str, Any]]] = {}
     models: list[tuple[str, Comparer, float | None]] = [
         ("random", RandomComparer(recipe.seed), None),
-        ("untrained PairRanker (random head)", minilm_ranker(recipe.seed), None)]
+        ("untrained PairRanker (random head)",
+         minilm_ranker(recipe.seed, recipe.candidate_attention), None)]
 
     pairs = train_pairs(train_prompts, recipe.pairs_per_prompt, recipe.seed)
     if pointwise:

