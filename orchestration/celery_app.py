@@ -80,9 +80,22 @@ def declare_dead_letters(app: Celery) -> None:
 def configure(settings: Settings | None = None, *, eager: bool = False) -> Celery:
     """Apply ``settings`` to the process's app; entry points call this once at start."""
     settings = settings or get_settings()
+    moved = bool(_configured) and _configured[0].broker_url != settings.broker_url
     app.conf.update(celery_conf(settings, eager=eager))
     _configured[:] = [settings]
+    if moved:
+        _forget_broker_connections()
     return app
+
+
+def _forget_broker_connections() -> None:
+    # The app keeps its connection pool, and its AMQP half a producer pool, from the first
+    # publish on: after a move to another broker (a test, a command that reconfigures)
+    # publishes would still go to the old one.
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
 
 
 def celery_conf(settings: Settings, *, eager: bool = False) -> dict[str, Any]:
