@@ -4,10 +4,11 @@ saw: held out by question, a whole family held out, and the hand-written held-ou
 the check is on the installed weights, not on a copy trained apart (``test_demo_models``
 builds the same cache; whichever runs first pays the training).
 
-The hand-written set's targets (pairwise 0.70, top-1 0.45, the PairRanker at least the
-pointwise baseline) are not reached by this encoder and budget: the figures and the
-learning curve are in the README ("The demo ranker"). What is asserted is what the
-recipe does reach: better than chance, and never preferring an answer cut off.
+The hand-written set's targets: pairwise 0.70 is reached (0.726 with recipe v3) and the
+PairRanker ties the pointwise baseline (0.728); top-1 0.45 is not (0.238, between 0.24
+and 0.48 along the learning curve): the figures and the curve are in the README ("The
+demo ranker"). What is asserted is what the recipe reaches, with a margin for the curve's
+swing: well above chance, off-topic answers mostly rejected, cut-off ones always.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def test_the_installed_demo_ranker_on_the_hand_written_set(demo_ranker_path: Pat
     coin = ranker_heldout.measure(RandomComparer(0), items)
     print(f"hand-written: trained {trained}, random {coin}")
     assert abs(coin["accuracy"] - 0.5) < 0.06
-    # Measured with recipe v2: 0.593 against random 0.486; the old recipe gave 0.512.
-    assert trained["accuracy"] > 0.56
+    # Measured with recipe v3: 0.726 against random 0.486 (v2 0.593, v1 0.512); along
+    # the epoch it moved between 0.66 and 0.77.
+    assert trained["accuracy"] > 0.65
+    assert trained["correct_vs_off_topic"] > 0.6  # v2: 0.458, v3: 0.729
     assert trained["correct_vs_cut_off"] > 0.9
 
