@@ -217,7 +217,8 @@ def test_start_chunks_starts_waiting_renews_running_and_skips_finished(
                                           ChunkStatus.DONE, ChunkStatus.RUNNING,
                                           ChunkStatus.CANCELLED]
     assert running.started_at == datetime(2026, 1, 1, tzinfo=UTC)  # kept, as start_chunk
-    assert waiting.started_at is not None and done.started_at is None
+    assert waiting.started_at is not None
+    assert done.started_at is None and cancelled.started_at is None
     for chunk in (waiting, running, pending):
         assert chunk.lease_until is not None and chunk.lease_until > datetime.now(UTC)
     assert start_chunks(session, []) == []
