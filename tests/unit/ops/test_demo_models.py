@@ -16,7 +16,9 @@ from orchestration.registry import load_registry
 from tests.conftest import MODEL_CACHE
 
 REPO = Path(__file__).resolve().parents[3]
-pytestmark = pytest.mark.slow
+# On a fresh cache the first test here builds the demo models and trains the demo ranker
+# (about 6 minutes on 2 busy cores), past the suite's default 600 s timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

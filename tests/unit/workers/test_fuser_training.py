@@ -167,6 +167,7 @@ def test_aggregator_reads_its_inference_conversation_and_learns_only_the_answer(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # may build the demo models first, as the demo tests do
 def test_smollm2_aggregator_learns_answers_that_end_its_turn(tmp_path: Path) -> None:
     from ops.demo.models import install_demo
     from orchestration.registry import load_registry
