@@ -91,10 +91,9 @@ def configure(settings: Settings | None = None, *, eager: bool = False) -> Celer
 def _forget_broker_connections() -> None:
     # The app keeps its connection pool, and its AMQP half a producer pool, from the first
     # publish on: after a move to another broker (a test, a command that reconfigures)
-    # publishes would still go to the old one.
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    # publishes would still go to the old one. Both are kombu's process-wide pools for
+    # that broker URL, so they are let go, not closed: a move back takes them up again.
+    app._pool = None
     app.amqp._producer_pool = None
 
 
