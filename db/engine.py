@@ -13,6 +13,20 @@ from sqlmodel import Session, create_engine
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
+_pre_ping = True
+
+
+def skip_pre_ping() -> None:
+    """Engines created from now on in this process check out pooled connections without
+    a test round trip first (a stage worker calls this at start-up).
+
+    Only where every use retries a connection that died with the server: stage tasks
+    retry on OperationalError, chord counting and lease renewals retry on their own, and
+    SQLAlchemy drops the whole pool at the first disconnect error. The ping was one round
+    trip per checkout, and a stage task checks out five to ten times.
+    """
+    global _pre_ping
+    _pre_ping = False
 
 
 def get_engine(url: str) -> Engine:
@@ -30,7 +44,7 @@ def _create(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=_pre_ping, pool_size=5, max_overflow=5)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

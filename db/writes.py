@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import Float, String, Table, literal_column
+from sqlalchemy import Float, String, Table, literal_column, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlmodel import Session, SQLModel
@@ -79,7 +79,7 @@ def bulk_insert_ignore(session: Session, model: type[SQLModel] | Table,
     session.flush()  # pending ORM rows (a parent this batch points at) go first
     dialect = session.get_bind().dialect
     plan = _plan(table, columns, dialect) if dialect.name == "postgresql" else None
-    arrays = None if plan is None else _arrays(table, plan, rows)
+    arrays = None if plan is None else _arrays(table, plan.columns, rows)
     if plan is None:
         result = session.execute(sqlite.insert(table).on_conflict_do_nothing(), list(rows))
         return int(result.rowcount)  # type: ignore[attr-defined]
@@ -190,23 +190,68 @@ def _plan(table: Table, columns: tuple[str, ...], dialect: Dialect) -> _Plan:
     if plan is not None:
         return plan
     quote = dialect.identifier_preparer.quote
-    casts, specs = [], []
-    for name in columns:
-        column_type = table.c[name].type
-        # Arrays of the column's own type (VARCHAR(128), JSONB, TIMESTAMP WITH TIME ZONE,
-        # ...): PostgreSQL checks lengths and values exactly as a plain INSERT would.
-        casts.append(f"%b::{column_type.compile(dialect=dialect)}[]")
-        specs.append(_Column(name, column_type.dialect_impl(dialect).bind_processor(dialect),
-                             _is(column_type, String), _is(column_type, Float)))
+    casts, specs = _array_columns(table, columns, dialect)
     left_out = [c for c in table.c if c.name not in columns]
     plan = _Plan(
         statement=(f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
                    f"({', '.join(quote(c) for c in columns)}) "
                    f"SELECT * FROM unnest({', '.join(casts)}) ON CONFLICT DO NOTHING"),
-        columns=tuple(specs),
+        columns=specs,
         python_defaults=any(c.default is not None for c in left_out))
     _plans[key] = plan
     return plan
+
+
+def _array_columns(table: Table, columns: tuple[str, ...],
+                   dialect: Dialect) -> tuple[list[str], tuple[_Column, ...]]:
+    """Each column as a binary array parameter cast to its own type, and how to convert it."""
+    casts, specs = [], []
+    for name in columns:
+        column_type = table.c[name].type
+        # Arrays of the column's own type (VARCHAR(128), JSONB, TIMESTAMP WITH TIME ZONE,
+        # ...): PostgreSQL checks lengths and values exactly as a plain statement would.
+        casts.append(f"%b::{column_type.compile(dialect=dialect)}[]")
+        specs.append(_Column(name, column_type.dialect_impl(dialect).bind_processor(dialect),
+                             _is(column_type, String), _is(column_type, Float)))
+    return casts, tuple(specs)
+
+
+def bulk_update(session: Session, model: type[SQLModel], rows: Sequence[dict[str, Any]],
+                key: str = "id") -> None:
+    """Set columns of many rows, each ``{key: ..., column: value, ...}``, in the caller's
+    transaction.
+
+    PostgreSQL: one ``UPDATE … FROM unnest(…)`` with each column sent as one binary array,
+    where an executemany costs a statement per row (a chunk's 64 request updates were 64
+    executions). Every row needs the same keys; text may not hold NUL. Other dialects, or
+    values psycopg cannot put in one array, take SQLAlchemy's bulk update by primary key.
+    """
+    if not rows:
+        return
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    columns = _columns(table, rows)
+    if key not in columns or len(columns) < 2:
+        raise ValueError(f"{table.name} update rows need {key!r} and a column to set")
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql":
+        session.execute(update(model), list(rows))
+        return
+    casts, specs = _array_columns(table, columns, dialect)
+    arrays = _arrays(table, specs, rows)
+    if arrays is None:
+        session.execute(update(model), list(rows))
+        return
+    quote = dialect.identifier_preparer.quote
+    name = dialect.identifier_preparer.format_table(table)
+    statement = (f"UPDATE {name} SET "
+                 + ", ".join(f"{quote(c)} = v.{quote(c)}" for c in columns if c != key)
+                 + f" FROM unnest({', '.join(casts)}) AS v({', '.join(map(quote, columns))})"
+                 + f" WHERE {name}.{quote(key)} = v.{quote(key)}")
+    session.flush()
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cursor:
+        cursor.execute(statement, arrays)
 
 
 def _copy_plan(raw: psycopg.Connection[Any], table: Table, columns: tuple[str, ...],
@@ -234,10 +279,11 @@ def _is(column_type: Any, kind: type) -> bool:
     return isinstance(column_type, kind) or isinstance(getattr(column_type, "impl", None), kind)
 
 
-def _arrays(table: Table, plan: _Plan, rows: Sequence[dict[str, Any]]) -> list[list[Any]] | None:
+def _arrays(table: Table, columns: tuple[_Column, ...],
+            rows: Sequence[dict[str, Any]]) -> list[list[Any]] | None:
     """One list per column, as psycopg sends arrays; None where a column mixes types."""
     arrays: list[list[Any]] | None = []
-    for column in plan.columns:
+    for column in columns:
         values = [row[column.name] for row in rows]
         if column.text:
             _refuse_nul(table.name, column.name, values)

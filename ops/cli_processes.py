@@ -47,8 +47,10 @@ def _start(queues: list[str], warm: list[tuple[str, str]], pool: str, node: str,
 
     from celery.signals import worker_ready
 
+    from db.engine import skip_pre_ping
     from workers.model_store import get_model
 
+    skip_pre_ping()
     settings = context.settings()
     app = context.app(settings)
     # Up while the models load (live, not ready), so an orchestrator waits, not restarts.

@@ -87,14 +87,16 @@ def claim_chunks(database_url: str, lock_namespace: int, own: int, waiting: Text
         else:
             claimed = [own] if _try_lock(connection, lock_namespace, own) else []
         if limit > 0:
-            found = connection.execute(waiting, {
-                **params, "own": own, "look": limit * CANDIDATES_TO_LOOK_AT,
-            }).scalars().all()
-            for chunk_id in found:
-                if len(claimed) - (own in claimed) >= limit:
-                    break
-                if _try_lock(connection, lock_namespace, chunk_id):
-                    claimed.append(chunk_id)
+            # One round trip: the waiting chunks in order, each claimed as the scan reaches
+            # it, until ``limit`` are held (LIMIT stops the scan, so no lock is taken past
+            # it; the locking function is volatile, so it is never pushed into the list).
+            found = connection.execute(
+                text(f"SELECT w.id FROM ({waiting.text}) AS w(id) "
+                     "WHERE pg_try_advisory_xact_lock(:ns, CAST(w.id & 2147483647 AS int)) "
+                     "LIMIT :want"),
+                {**params, "own": own, "look": limit * CANDIDATES_TO_LOOK_AT,
+                 "ns": lock_namespace, "want": limit}).scalars().all()
+            claimed.extend(chunk_id for chunk_id in found if chunk_id != own)
         if len(claimed) > 1:
             log.info("chunks.gathered", chunks=claimed)
         yield Claim(connection, lock_namespace, claimed)

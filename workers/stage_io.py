@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from db.models import Candidate, Request, RequestStatus
+from db.writes import bulk_update
 
 
 def open_requests(session: Session, chunk_id: int) -> list[Request]:
@@ -39,9 +39,8 @@ def source_text(request: Request) -> str:
 
 def update_requests(session: Session, rows: list[dict[str, Any]]) -> None:
     """Set columns of many requests at once: each row is ``{"id": ..., column: value}``,
-    sent as one executemany (a chunk of 64 was 64 loads and 64 updates)."""
-    if rows:
-        session.execute(update(Request), rows)
+    one statement for all (db/writes.py)."""
+    bulk_update(session, Request, rows)
 
 
 def fail_requests(session: Session, requests: list[Request], reason: str) -> None:

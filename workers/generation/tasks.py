@@ -58,13 +58,18 @@ WHERE c.status IN ('{ChunkStatus.DISPATCHED}', '{ChunkStatus.RUNNING}')
   AND c.stage = '{ChunkStage.GENERATE}' AND c.id <> :own
   AND j.status = '{JobStatus.IN_PROGRESS}'
   AND j.models @> jsonb_build_array(CAST(:model AS text))
-  AND EXISTS (SELECT 1 FROM request r WHERE r.chunk_id = c.id
-              AND r.status = '{RequestStatus.PENDING}'
-              AND NOT EXISTS (SELECT 1 FROM candidate k
-                              WHERE k.request_id = r.id AND k.model = :model))
+  AND EXISTS (SELECT 1 FROM (SELECT r.id FROM request r
+                             WHERE r.chunk_id = c.id AND r.status = '{RequestStatus.PENDING}'
+                             ORDER BY r.id LIMIT 1) AS first
+              WHERE NOT EXISTS (SELECT 1 FROM candidate k
+                                WHERE k.request_id = first.id AND k.model = :model))
 ORDER BY c.id
 LIMIT :look
 """)
+"""Chunks waiting on gen.<model> that still need ``model``: a chunk's candidates of a model
+are written in one transaction (``_store``), so its first open request tells for all of
+them. Two index probes a chunk, where asking of every request made the planner hash the
+whole candidate table (10 ms a query on a 6,400-request job)."""
 
 
 def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,

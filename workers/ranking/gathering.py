@@ -22,12 +22,15 @@ WAITING = text(f"""
 SELECT c.id FROM chunk c JOIN job j ON j.id = c.job_id
 WHERE c.status = '{ChunkStatus.RUNNING}' AND c.stage = '{ChunkStage.RANK}'
   AND c.id <> :own AND j.ranker = :ranker
-  AND EXISTS (SELECT 1 FROM request r WHERE r.chunk_id = c.id
-              AND r.status = '{RequestStatus.PENDING}'
-              AND NOT EXISTS (SELECT 1 FROM ranking k WHERE k.request_id = r.id))
+  AND EXISTS (SELECT 1 FROM (SELECT r.id FROM request r
+                             WHERE r.chunk_id = c.id AND r.status = '{RequestStatus.PENDING}'
+                             ORDER BY r.id LIMIT 1) AS first
+              WHERE NOT EXISTS (SELECT 1 FROM ranking k WHERE k.request_id = first.id))
 ORDER BY c.id
 LIMIT :look
 """)
+"""Chunks waiting to be ranked: a chunk's rankings are written in one statement, so its
+first open request tells for all of them (two index probes a chunk)."""
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import pytest
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from db.models import Candidate, Comparison, Job, Request, utcnow
-from db.writes import bulk_insert_ignore, copy_insert_ignore, insert_ignore
+from db.writes import bulk_insert_ignore, bulk_update, copy_insert_ignore, insert_ignore
 
 
 def _requests(session: Session, n: int) -> list[int]:
@@ -190,3 +190,45 @@ def test_without_flush_wait_counts_the_same_and_only_this_transaction(
         other.rollback()
         assert other.connection().exec_driver_sql(show).scalar() == "on"
     engine.dispose()
+
+
+def _request_rows(session: Session, ids: list[int]) -> dict[int, Request]:
+    session.expire_all()
+    return {r.id or 0: r for r in session.exec(select(Request).where(col(Request.id).in_(ids)))}
+
+
+def test_bulk_update_sets_each_row_its_own_values_and_nothing_else(session: Session) -> None:
+    ids = _requests(session, 5)
+    now = utcnow()
+    bulk_update(session, Request, [
+        {"id": rid, "status": "completed", "fused_output": f"out {rid}", "completed_at": now}
+        for rid in ids[:3]])
+    bulk_update(session, Request, [{"id": ids[3], "chosen_candidate_id": 77}])
+    stored = _request_rows(session, ids)
+    for rid in ids[:3]:
+        assert (stored[rid].status, stored[rid].fused_output) == ("completed", f"out {rid}")
+        assert stored[rid].completed_at == now
+    assert stored[ids[3]].chosen_candidate_id == 77
+    assert stored[ids[3]].status == stored[ids[4]].status == "pending"
+    assert stored[ids[4]].fused_output is None
+
+
+def test_bulk_update_refuses_nul_and_rows_without_the_key(session: Session) -> None:
+    ids = _requests(session, 2)
+    with pytest.raises(ValueError, match="request row 1: fused_output contains a NUL"):
+        bulk_update(session, Request, [{"id": ids[0], "fused_output": "fine"},
+                                       {"id": ids[1], "fused_output": "bad\x00"}])
+    with pytest.raises(ValueError, match="need 'id'"):
+        bulk_update(session, Request, [{"status": "failed"}])
+    assert {r.fused_output for r in _request_rows(session, ids).values()} == {None}
+
+
+def test_bulk_update_on_sqlite(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'u.db'}")
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as session:
+        ids = _requests(session, 2)
+        bulk_update(session, Request, [{"id": ids[1], "status": "failed", "error": "why"}])
+        stored = _request_rows(session, ids)
+        assert (stored[ids[1]].status, stored[ids[1]].error) == ("failed", "why")
+        assert stored[ids[0]].status == "pending"

@@ -66,3 +66,13 @@ def test_waiting_for_the_own_chunk_blocks_until_it_is_free(pg_url: str) -> None:
         assert time.monotonic() - started >= 0.3
         assert claim.chunks == [301, 302]
     holder.join()
+
+
+def test_no_claim_is_taken_past_the_limit(pg_url: str) -> None:
+    # Finding and claiming is one statement: the scan must stop at the limit, leaving the
+    # later chunks to another replica.
+    ids = {"ids": [401, 402, 403, 404, 405, 406]}
+    with claim_chunks(pg_url, NS, 401, WAITING, ids, 2) as first:
+        assert first.chunks == [401, 402, 403]
+        with claim_chunks(pg_url, NS, 407, WAITING, ids, 10) as second:
+            assert second.chunks == [407, 404, 405, 406]
