@@ -1,9 +1,12 @@
-"""Reads every stage needs: the chunk's open requests and their candidates."""
+"""Reads every stage needs: the chunk's open requests and their candidates, and the request
+updates they end with."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select as select_rows
 from sqlmodel import Session, col, select
 
 from db.models import Candidate, Request, RequestStatus
@@ -18,18 +21,41 @@ def open_requests(session: Session, chunk_id: int) -> list[Request]:
     ).all())
 
 
-def candidates_by_request(session: Session, request_ids: list[int]) -> dict[int, list[Candidate]]:
+@dataclass(frozen=True)
+class StoredCandidate:
+    """What ranking reads of a candidate: a plain row, not an ORM object."""
+
+    id: int
+    request_id: int
+    model: str
+    ok: bool
+    text: str
+    error: str | None
+
+
+def candidates_by_request(session: Session,
+                          request_ids: list[int]) -> dict[int, list[StoredCandidate]]:
     """Every stored candidate, failed ones included, in model-name order per request."""
-    found: dict[int, list[Candidate]] = {rid: [] for rid in request_ids}
+    found: dict[int, list[StoredCandidate]] = {rid: [] for rid in request_ids}
     if not request_ids:
         return found
-    rows = session.exec(
-        select(Candidate).where(col(Candidate.request_id).in_(request_ids))
+    rows = session.execute(
+        select_rows(col(Candidate.id), col(Candidate.request_id), col(Candidate.model),
+                    col(Candidate.ok), col(Candidate.text), col(Candidate.error))
+        .where(col(Candidate.request_id).in_(request_ids))
         .order_by(col(Candidate.request_id), col(Candidate.model))
     ).all()
     for row in rows:
-        found[row.request_id].append(row)
+        found[row.request_id].append(StoredCandidate(*row))
     return found
+
+
+def candidate_texts(session: Session, candidate_ids: list[int]) -> dict[int, str]:
+    if not candidate_ids:
+        return {}
+    rows = session.execute(select_rows(col(Candidate.id), col(Candidate.text))
+                           .where(col(Candidate.id).in_(candidate_ids))).all()
+    return {candidate_id: text for candidate_id, text in rows}
 
 
 def source_text(request: Request) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from sqlmodel import Session, col, select
+from sqlalchemy import select
+from sqlmodel import Session, col
 
 from db.engine import session_scope
 from db.models import Fusion, Job, Ranking, Request, RequestStatus, utcnow
@@ -19,7 +20,7 @@ from workers.base import BlendqTask
 from workers.deadline import Deadline, DeadlineExceeded
 from workers.model_store import ModelLoadError, get_model, revision_of
 from workers.stage_io import (
-    candidates_by_request,
+    candidate_texts,
     fail_requests,
     open_requests,
     storable,
@@ -43,6 +44,8 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         requests = open_requests(session, chunk_id)
         top = _top_candidates(session, requests, job.top_k)
     ready = [r for r in requests if top.get(r.id or 0)]
+    # By id: SQLModel objects compare field by field, and a chunk is 64 of them.
+    ready_ids = {r.id for r in ready}
     try:
         with leases.holding(settings, [chunk_id]):
             fuser_name, revision, params, outputs = deadline.run(
@@ -57,7 +60,7 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         log.exception("fuse.failed")
         failure = f"fusion failed: {type(exc).__name__}: {exc}"
     with session_scope(url) as session:
-        unranked = [session.merge(r) for r in requests if r not in ready]
+        unranked = [session.merge(r) for r in requests if r.id not in ready_ids]
         fail_requests(session, unranked, "no ranking was stored for this request")
         if failure is not None:
             fail_requests(session, [session.merge(r) for r in ready], failure)
@@ -72,15 +75,13 @@ def _top_candidates(session: Session, requests: list[Request],
                     top_k: int) -> dict[int, list[tuple[int, str]]]:
     """(candidate id, text) of each request's best k, best first, from its ranking."""
     ids = [r.id for r in requests if r.id]
-    rankings = session.exec(
-        select(Ranking).where(col(Ranking.request_id).in_(ids)).order_by(col(Ranking.id))
-    ).all()
-    latest = {r.request_id: r for r in rankings}
-    texts = {c.id: c.text for cands in candidates_by_request(session, ids).values()
-             for c in cands}
-    return {rid: [(e["candidate_id"], texts[e["candidate_id"]])
-                  for e in ranking.entries[:top_k]]
-            for rid, ranking in latest.items()}
+    rankings = session.execute(
+        select(col(Ranking.request_id), col(Ranking.entries))
+        .where(col(Ranking.request_id).in_(ids)).order_by(col(Ranking.id))).all()
+    latest = {request_id: [e["candidate_id"] for e in entries[:top_k]]
+              for request_id, entries in rankings}
+    texts = candidate_texts(session, [cid for top in latest.values() for cid in top])
+    return {rid: [(cid, texts[cid]) for cid in top] for rid, top in latest.items()}
 
 
 def _fuse(settings: Settings, job: Job, requests: list[Request],

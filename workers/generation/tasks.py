@@ -4,11 +4,12 @@ gathers further chunks of the same model waiting on that queue into one backend 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import text
-from sqlmodel import col, select
+from sqlalchemy import exists, select, text
+from sqlmodel import col
 
 from db.engine import session_scope
 from db.models import (
@@ -29,7 +30,7 @@ from workers import claims, leases
 from workers.base import TRANSIENT_ERRORS, BlendqTask
 from workers.deadline import Deadline, DeadlineExceeded
 from workers.model_store import ModelLoadError, get_model, revision_of
-from workers.stage_io import open_requests, storable
+from workers.stage_io import storable
 
 log = structlog.get_logger(__name__)
 GENERATION_PARAMS = ("max_new_tokens", "temperature", "top_p", "seed")
@@ -37,14 +38,14 @@ DEFAULT_PARAMS: dict[str, Any] = {"max_new_tokens": 256, "temperature": 0.0, "to
                                   "seed": 0}
 
 
-def conversation(request: Request) -> list[dict[str, str]]:
+def conversation(request: Request | Prompted) -> list[dict[str, str]]:
     if request.messages:
         return [{"role": m["role"], "content": m["content"]} for m in request.messages]
     content = request.instruction + (f"\n\n{request.input}" if request.input else "")
     return [{"role": "user", "content": content}]
 
 
-def effective_params(entry: ModelEntry, request: Request) -> dict[str, Any]:
+def effective_params(entry: ModelEntry, request: Request | Prompted) -> dict[str, Any]:
     """Registry defaults, overridden by what the request line asked for."""
     merged = {**DEFAULT_PARAMS,
               **{k: v for k, v in entry.params.items() if k in GENERATION_PARAMS}}
@@ -116,29 +117,46 @@ def _start_gathered(settings: Settings, chunk_ids: list[int]) -> list[int]:
         return lifecycle.start_chunks(session, chunk_ids, settings.chunk_lease_seconds)
 
 
+@dataclass(frozen=True)
+class Prompted:
+    """What generation reads of a request: a plain row, not an ORM object (a gathered
+    call reads a thousand of them)."""
+
+    id: int
+    instruction: str
+    input: str
+    messages: list[dict[str, str]] | None
+    params: dict[str, Any]
+
+
 def _gather_work(settings: Settings, model: str,
-                 chunk_ids: list[int]) -> list[tuple[int, list[Request]]]:
-    """Each chunk's requests still without a candidate of ``model``; the own chunk (first)
+                 chunk_ids: list[int]) -> list[tuple[int, list[Prompted]]]:
+    """Each chunk's requests still without a candidate of ``model`` (a redelivered task
+    generates only what its first run did not store), in one query; the own chunk (first)
     always, further chunks while the token estimate stays within the budget."""
-    work: list[tuple[int, list[Request]]] = []
-    spent = 0
     with session_scope(settings.database_url) as session:
-        entry_params = _entry_params(settings, model)
-        for chunk_id in chunk_ids:
-            waiting = open_requests(session, chunk_id)
-            # A redelivered task generates only what its first run did not store.
-            done = set(session.exec(
-                select(Candidate.request_id).where(
-                    Candidate.model == model,
-                    col(Candidate.request_id).in_([r.id for r in waiting]))
-            ).all())
-            todo = [r for r in waiting if r.id not in done]
-            cost = sum(_token_estimate(r, entry_params) for r in todo)
-            if work and spent + cost > settings.gen_token_budget:
-                break
-            spent += cost
-            if todo:
-                work.append((chunk_id, todo))
+        rows = session.execute(
+            select(col(Request.chunk_id), col(Request.id), col(Request.instruction),
+                   col(Request.input), col(Request.messages), col(Request.params))
+            .where(col(Request.chunk_id).in_(chunk_ids),
+                   col(Request.status) == RequestStatus.PENDING,
+                   ~exists().where(col(Candidate.request_id) == col(Request.id),
+                                   col(Candidate.model) == model))
+            .order_by(col(Request.id))).all()
+    by_chunk: dict[int, list[Prompted]] = {}
+    for chunk_id, *fields in rows:
+        by_chunk.setdefault(chunk_id, []).append(Prompted(*fields))
+    entry_params = _entry_params(settings, model)
+    work: list[tuple[int, list[Prompted]]] = []
+    spent = 0
+    for chunk_id in chunk_ids:
+        todo = by_chunk.get(chunk_id, [])
+        cost = sum(_token_estimate(r, entry_params) for r in todo)
+        if work and spent + cost > settings.gen_token_budget:
+            break
+        spent += cost
+        if todo:
+            work.append((chunk_id, todo))
     if len(work) > 1:
         log.info("generate.gathered", model=model, chunks=[c for c, _ in work],
                  requests=sum(len(t) for _, t in work), token_estimate=spent)
@@ -152,7 +170,7 @@ def _entry_params(settings: Settings, model: str) -> dict[str, Any]:
         return {}
 
 
-def _token_estimate(request: Request, entry_params: dict[str, Any]) -> int:
+def _token_estimate(request: Prompted, entry_params: dict[str, Any]) -> int:
     """Prompt tokens (about four characters each) plus the new tokens asked for."""
     chars = sum(len(m["content"]) for m in conversation(request))
     new = request.params.get("max_new_tokens", entry_params.get(
@@ -160,7 +178,7 @@ def _token_estimate(request: Request, entry_params: dict[str, Any]) -> int:
     return chars // 4 + int(new)
 
 
-def _store(url: str, own: int, model: str, work: list[tuple[int, list[Request]]],
+def _store(url: str, own: int, model: str, work: list[tuple[int, list[Prompted]]],
            rows: list[dict[str, Any]]) -> dict[str, int]:
     """One transaction per chunk, the own chunk's last: a gathered chunk that cannot be
     written is left to its own message; the own chunk's failure retries this task."""
@@ -180,7 +198,7 @@ def _store(url: str, own: int, model: str, work: list[tuple[int, list[Request]]]
     return {"generated": len(rows) - failed, "failed": failed, "chunks": len(work)}
 
 
-def _generate(settings: Settings, model: str, requests: list[Request],
+def _generate(settings: Settings, model: str, requests: list[Prompted],
               deadline: Deadline) -> list[dict[str, Any]]:
     try:
         entry = get_registry(settings.registry_path).get(model, "generator")
@@ -220,7 +238,7 @@ def _call_backend(generator: Any, conversations: list[list[dict[str, str]]],
     return list(generator.generate_prompts(prompts, token_budget=budget))
 
 
-def _row(request: Request, model: str, revision: str, params: dict[str, Any], *,
+def _row(request: Prompted, model: str, revision: str, params: dict[str, Any], *,
          error: str | None = None, text: str = "", prompt_tokens: int = 0,
          completion_tokens: int = 0, latency_ms: float = 0.0) -> dict[str, Any]:
     return {"request_id": request.id, "model": model, "model_revision": revision,

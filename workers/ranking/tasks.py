@@ -9,7 +9,6 @@ from sqlmodel import Session, col, select
 
 from db.engine import session_scope
 from db.models import (
-    Candidate,
     Chunk,
     ChunkStage,
     ChunkStatus,
@@ -33,6 +32,7 @@ from workers.ranking.batching import DEFAULT_BATCH_COST, DEFAULT_TOKEN_BUDGET
 from workers.ranking.gathering import claim_chunks
 from workers.ranking.strategies import Pair, final_order, plan, run_plans
 from workers.stage_io import (
+    StoredCandidate,
     candidates_by_request,
     fail_requests,
     open_requests,
@@ -94,10 +94,13 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
         job_ids = sorted({r.job_id for r in requests})
         jobs = {j.id: j for j in session.exec(select(Job).where(col(Job.id).in_(job_ids)))}
         by_request = candidates_by_request(session, [r.id for r in requests if r.id])
-        empty = [r for r in requests if not _usable(by_request[r.id or 0])]
-        for request in empty:
-            fail_requests(session, [request], _no_candidates_reason(by_request[request.id or 0]))
-    rankable = [r for r in requests if r not in empty]
+        empty = {r.id for r in requests if not _usable(by_request[r.id or 0])}
+        for request in requests:
+            if request.id in empty:
+                fail_requests(session, [request],
+                              _no_candidates_reason(by_request[request.id or 0]))
+    # By id: SQLModel objects compare field by field.
+    rankable = [r for r in requests if r.id not in empty]
     if not rankable:
         return _give_up(settings, [], "", running)
     job_of = {r.id or 0: jobs[r.job_id] for r in rankable}
@@ -143,7 +146,8 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
                     # the ranking agrees with the rows an auditor sees.
                     stored_now = _stored_logits(session, sorted({r for r, _ in batch}),
                                                 revision)
-                    logits = [stored_now[(row["candidate_a_id"], row["candidate_b_id"])]
+                    logits = [stored_now[row["request_id"]][(row["candidate_a_id"],
+                                                              row["candidate_b_id"])]
                               for row in rows]
             written += inserted
             for (rid, pair), logit in zip(batch, logits, strict=True):
@@ -152,7 +156,7 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
 
     try:
         tops = deadline.run("ranking", lambda: run_plans(plans, compare, known={
-            rid: _by_index(cands, stored) for rid, cands in cands_of.items()}))
+            rid: _by_index(cands, stored.get(rid, {})) for rid, cands in cands_of.items()}))
     except TRANSIENT_ERRORS:
         # Each batch is stored as it finishes, so the database going away lands here too;
         # the task retries it (BlendqTask). Failing the requests instead would make a
@@ -168,8 +172,8 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
         # Score from what is stored, so a redelivery ranks from the same numbers.
         stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
         _store_rankings(session, [
-            _ranking_row(r, cands_of[r.id or 0], tops[r.id or 0], stored, job_of[r.id or 0],
-                         revision)
+            _ranking_row(r, cands_of[r.id or 0], tops[r.id or 0], stored.get(r.id or 0, {}),
+                         job_of[r.id or 0], revision)
             for r in rankable])
         queued = _queue_fusion(session, settings, running)
     _send_fusion(settings, queued)
@@ -178,8 +182,9 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
     return {"ranked": len(rankable), "comparisons": written, "chunks": len(running)}
 
 
-def _by_index(cands: list[Candidate], stored: dict[tuple[int, int], float]) -> dict[Pair, float]:
-    """Stored logits of these candidates, keyed by their positions."""
+def _by_index(cands: list[StoredCandidate],
+              stored: dict[tuple[int, int], float]) -> dict[Pair, float]:
+    """Stored logits of one request's candidates, keyed by their positions."""
     index = {c.id: i for i, c in enumerate(cands)}
     return {(index[a], index[b]): v for (a, b), v in stored.items()
             if a in index and b in index}
@@ -196,11 +201,11 @@ def _give_up(settings: Settings, requests: list[Request], reason: str,
     return {"ranked": 0, "comparisons": 0, "chunks": len(chunk_ids)}
 
 
-def _usable(candidates: list[Candidate]) -> list[Candidate]:
+def _usable(candidates: list[StoredCandidate]) -> list[StoredCandidate]:
     return [c for c in candidates if c.ok]
 
 
-def _no_candidates_reason(candidates: list[Candidate]) -> str:
+def _no_candidates_reason(candidates: list[StoredCandidate]) -> str:
     if not candidates:
         return "no candidate was generated"
     return "no candidate was generated: " + "; ".join(
@@ -208,16 +213,21 @@ def _no_candidates_reason(candidates: list[Candidate]) -> str:
 
 
 def _stored_logits(session: Session, request_ids: list[int],
-                   revision: str) -> dict[tuple[int, int], float]:
+                   revision: str) -> dict[int, dict[tuple[int, int], float]]:
+    """Each request's stored logits by (candidate A, candidate B)."""
     rows = session.exec(
-        select(Comparison.candidate_a_id, Comparison.candidate_b_id, Comparison.logit)
+        select(Comparison.request_id, Comparison.candidate_a_id, Comparison.candidate_b_id,
+               Comparison.logit)
         .where(col(Comparison.request_id).in_(request_ids),
                Comparison.ranker_revision == revision)
     ).all()
-    return {(a, b): logit for a, b, logit in rows}
+    found: dict[int, dict[tuple[int, int], float]] = {}
+    for request_id, a, b, logit in rows:
+        found.setdefault(request_id, {})[(a, b)] = logit
+    return found
 
 
-def _ranking_row(request: Request, cands: list[Candidate], top: list[int],
+def _ranking_row(request: Request, cands: list[StoredCandidate], top: list[int],
                  stored: dict[tuple[int, int], float], job: Job,
                  revision: str) -> dict[str, Any]:
     order, scores = final_order(len(cands), top, _by_index(cands, stored), job.aggregation,
