@@ -26,6 +26,10 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
+def downgrade(database_url: str, revision: str) -> None:
+    command.downgrade(alembic_config(database_url), revision)
+
+
 def current(database_url: str) -> str | None:
     engine = create_engine(database_url, poolclass=pool.NullPool)
     with engine.connect() as connection:

@@ -18,8 +18,9 @@ Comparison rows (6 ordered pairs of 3 candidates a request), one transaction a b
 - copy, no flush wait: the same in a transaction that commits without waiting for its WAL
   to reach disk (``session_scope(url, flush_wal=False)``): what the ranking worker does
   with each batch of logits (its ranking commit, which waits, makes them durable);
-- copy, with candidate FKs: the same into a copy of the table that still has the two
-  candidate foreign keys migration 0011 dropped, to show what their per-row checks cost.
+- copy, with the keys: the same into a copy of the comparison table that still has the
+  request and candidate foreign keys migrations 0011 and 0012 dropped, to show what their
+  per-row checks cost.
 
 Candidate rows (3 a request, a few hundred characters of text, JSON params), the same way:
 ``db.writes.insert_ignore`` (a COPY), its second delivery, the same without the flush
@@ -56,7 +57,7 @@ from ops.bench.stack import fresh_database
 Rows = list[dict[str, Any]]
 Write = Callable[[str, Rows], int | None]
 MODELS = ("tiny-a", "tiny-b", "tiny-c")
-CHECKED = "comparison_with_candidate_fks"
+CHECKED = "comparison_with_keys"
 ANSWER = ("A candidate answer of a few sentences, about as long as a short reply from a "
           "chat model: it restates the question, gives the answer and one reason. ") * 2
 
@@ -129,9 +130,9 @@ def checked_table(url: str) -> Table:
     return Table(CHECKED, MetaData(), autoload_with=get_engine(url))
 
 
-def write_copy_with_candidate_fks(url: str, batch: Rows) -> int | None:
-    """The same COPY into a copy of the comparison table with the two candidate foreign
-    keys migration 0011 dropped: what their per-row checks cost."""
+def write_copy_with_keys(url: str, batch: Rows) -> int | None:
+    """The same COPY into a copy of the comparison table with the three foreign keys
+    migrations 0011 and 0012 dropped: what their per-row checks cost."""
     with session_scope(url) as session:
         return copy_insert_ignore(session, checked_table(url), batch)
 
@@ -220,8 +221,8 @@ WAYS = [
         write_temp_copy, again=True),
     Way("copy, no flush wait", "copy_insert_ignore, no flush wait (ranking)",
         "comparison", write_copy_no_flush_wait),
-    Way("copy, candidate FKs", "copy, flush wait, candidate FKs (before 0011)",
-        "comparison", write_copy_with_candidate_fks),
+    Way("copy, with keys", "copy, flush wait, foreign keys (before 0011/12)",
+        "comparison", write_copy_with_keys),
     Way("cand orm", "ORM add_all + commit", "candidate", orm_writer(Candidate), baseline=True),
     Way("cand insert_ignore", "insert_ignore(Candidate): COPY, flush wait", "candidate",
         write_candidates),
@@ -249,10 +250,11 @@ def main() -> None:
         with session_scope(url) as session:
             session.connection().exec_driver_sql(
                 f"CREATE TABLE {CHECKED} (LIKE comparison INCLUDING ALL)")
-            for column in ("candidate_a_id", "candidate_b_id"):
+            for column, target in (("request_id", "request"), ("candidate_a_id", "candidate"),
+                                   ("candidate_b_id", "candidate")):
                 session.connection().exec_driver_sql(
                     f"ALTER TABLE {CHECKED} ADD FOREIGN KEY ({column}) "
-                    "REFERENCES candidate(id) ON DELETE CASCADE")
+                    f"REFERENCES {target}(id) ON DELETE CASCADE")
         sizes = {"comparison": 6 * len(requests), "candidate": 3 * len(requests)}
 
         def rows_for(way: Way, reqs: list[tuple[int, list[int]]], tag: str) -> Rows:
@@ -310,6 +312,7 @@ def main() -> None:
           f"{median['copy, no flush wait'] / median['orm']:.1f}x "
           f"(flush wait {median['copy'] / median['orm']:.1f}x, "
           f"unnest {median['unnest'] / median['orm']:.1f}x, "
+          f"with the keys {median['copy, with keys'] / median['orm']:.1f}x, "
           f"temp-table copy {median['temp copy'] / median['orm']:.1f}x)")
     print(f"candidate insert_ignore, as the generation worker writes / orm: "
           f"{median['cand no flush wait'] / median['cand orm']:.1f}x "
