@@ -65,8 +65,9 @@ def record_part(session: Session, group_id: str, task_id: str, state: str,
     if done < size:
         return None
     # The chunk is kept so the ranking worker can see which chunks wait on its queue.
+    # Published right after the commit (on_chord_part_return), so no wake-up.
     outbox_id = outbox.add(session, outbox.KIND_SIGNATURE, body, job_id=job_id,
-                           chunk_id=chunk_id, dedup_key=f"chord:{group_id}")
+                           chunk_id=chunk_id, dedup_key=f"chord:{group_id}", notify=False)
     if outbox_id is not None and chunk_id is not None:
         lifecycle.enter_stage(session, chunk_id, ChunkStage.RANK, start_timeout)
     return outbox_id

@@ -47,13 +47,19 @@ Publisher = Callable[[Outbox], None]
 
 
 def add(session: Session, kind: str, payload: dict[str, Any], *, job_id: str | None = None,
-        chunk_id: int | None = None, dedup_key: str | None = None) -> int | None:
-    """Queue a message; with a ``dedup_key`` a second add is a no-op and returns None."""
+        chunk_id: int | None = None, dedup_key: str | None = None,
+        notify: bool = True) -> int | None:
+    """Queue a message; with a ``dedup_key`` a second add is a no-op and returns None.
+
+    ``notify=False`` for a row its writer publishes itself right after committing
+    (:func:`publish_now`): waking the dispatcher would only have it race for the row. If
+    that publish fails, the dispatcher's next poll sends it.
+    """
     row = {"kind": kind, "payload": payload, "job_id": job_id, "chunk_id": chunk_id,
            "dedup_key": dedup_key, "status": OutboxStatus.PENDING, "attempts": 0,
            "created_at": utcnow()}
     ids = insert_ignore(session, Outbox, [row], returning="id")
-    if ids and is_postgres(session):
+    if ids and notify and is_postgres(session):
         session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     return ids[0] if ids else None
 
@@ -82,15 +88,34 @@ def relay(session: Session, publish: Publisher, *, limit: int = 100,
         query.order_by(col(Outbox.id)).limit(limit).with_for_update(skip_locked=True)
     ).all()
     handled = 0
+    published: list[int] = []
     for row in rows:
         try:
-            _relay_row(session, row, publish, start_timeout)
+            chunk_id = _relay_row(session, row, publish)
         except BROKER_DOWN:
             break
         except Exception:
             continue
         handled += 1
+        if chunk_id is not None:
+            published.append(chunk_id)
+    _mark_dispatched(session, published, start_timeout)
     return handled
+
+
+def _mark_dispatched(session: Session, chunk_ids: list[int], start_timeout: int) -> None:
+    """Published canvases: their first task must start within the bound (the sweeper's
+    watch). One statement at the end of the batch, so the chunk rows are locked only for
+    the commit: a generator given a chunk's message while the rest of the batch was still
+    being published used to wait on its row (seconds at the start of a large job)."""
+    if not chunk_ids:
+        return
+    session.execute(
+        update(Chunk)
+        .where(col(Chunk.id).in_(chunk_ids), col(Chunk.status) == ChunkStatus.PENDING)
+        .values(status=ChunkStatus.DISPATCHED, stage=ChunkStage.GENERATE,
+                lease_until=utcnow() + timedelta(seconds=start_timeout))
+    )
 
 
 def publish_now(database_url: str, app: Celery, outbox_ids: Iterable[int | None],
@@ -110,14 +135,15 @@ def publish_now(database_url: str, app: Celery, outbox_ids: Iterable[int | None]
                         error=f"{type(exc).__name__}: {exc}")
 
 
-def _relay_row(session: Session, row: Outbox, publish: Publisher, start_timeout: int) -> None:
+def _relay_row(session: Session, row: Outbox, publish: Publisher) -> int | None:
+    """Publish one row and mark it sent; returns the chunk a canvas it sent belongs to."""
     if row.kind == KIND_CANVAS and row.job_id is not None:
         status = session.exec(select(Job.status).where(Job.id == row.job_id)).one_or_none()
         if status != JobStatus.IN_PROGRESS:
             row.status = OutboxStatus.DROPPED
             session.add(row)
             log.info("outbox.dropped", outbox_id=row.id, job_id=row.job_id, job_status=status)
-            return
+            return None
     try:
         publish(row)
     except Exception as exc:
@@ -137,15 +163,8 @@ def _relay_row(session: Session, row: Outbox, publish: Publisher, start_timeout:
     row.status = OutboxStatus.SENT
     row.published_at = utcnow()
     session.add(row)
-    if row.kind == KIND_CANVAS and row.chunk_id is not None:
-        # Published: its first task must start within the bound (the sweeper's watch).
-        session.execute(
-            update(Chunk)
-            .where(col(Chunk.id) == row.chunk_id, col(Chunk.status) == ChunkStatus.PENDING)
-            .values(status=ChunkStatus.DISPATCHED, stage=ChunkStage.GENERATE,
-                    lease_until=utcnow() + timedelta(seconds=start_timeout))
-        )
     log.debug("outbox.sent", outbox_id=row.id, kind=row.kind, chunk_id=row.chunk_id)
+    return row.chunk_id if row.kind == KIND_CANVAS else None
 
 
 def _give_up(session: Session, row: Outbox) -> None:

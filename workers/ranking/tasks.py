@@ -69,7 +69,8 @@ def _queue_fusion(session: Session, settings: Settings, chunk_ids: list[int]) ->
             continue
         payload = to_payload(fuse_signature(app, chunk.job_id, chunk_id))
         outbox_id = outbox.add(session, outbox.KIND_SIGNATURE, payload, job_id=chunk.job_id,
-                               chunk_id=chunk_id, dedup_key=f"fuse:{chunk_id}:{chunk.epoch}")
+                               chunk_id=chunk_id, dedup_key=f"fuse:{chunk_id}:{chunk.epoch}",
+                               notify=False)  # _send_fusion publishes it
         if outbox_id is not None:
             lifecycle.enter_stage(session, chunk_id, ChunkStage.FUSE,
                                   settings.chunk_start_timeout)
