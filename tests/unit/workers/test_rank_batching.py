@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from sqlmodel import select
+from sqlmodel import col, select
 
 from db.engine import session_scope
 from db.models import Candidate, Chunk, Comparison, Request
@@ -81,7 +81,8 @@ def _ranked_job(settings: Settings, celery_app: Celery,
     assert rank_chunk(settings, job_id, chunk_id) == {"ranked": 4, "comparisons": 24, "chunks": 1}
     with session_scope(settings.database_url) as session:
         models_of = {c.id: c.model for c in session.exec(
-            select(Candidate).join(Request).where(Request.job_id == job_id)).all()}
+            select(Candidate).join(Request, col(Request.id) == Candidate.request_id)
+            .where(Request.job_id == job_id)).all()}
         rows = session.exec(select(Request.custom_id, Comparison).join(
             Comparison, Comparison.request_id == Request.id).where(
             Request.job_id == job_id)).all()
