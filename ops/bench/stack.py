@@ -44,6 +44,8 @@ class Stack:
     env: dict[str, str]
     logs: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # launched, not yet waited for: name -> (log, ready marker)
+    _starting: dict[str, tuple[Path, str]] = field(default_factory=dict)
 
     def manage(self, *args: str, check: bool = True,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -54,35 +56,59 @@ class Stack:
                              f"{result.stdout}\n{result.stderr}")
         return result
 
-    def start(self, name: str, *args: str, ready: str, command: Sequence[str] = ()) -> None:
-        """Start ``manage.py ARGS`` (or ``command``) and wait for ``ready`` in its log."""
+    def start(self, name: str, *args: str, ready: str, command: Sequence[str] = (),
+              env: dict[str, str] | None = None) -> None:
+        """Start ``manage.py ARGS`` (or ``command``) and wait for ``ready`` in its log;
+        ``env`` adds settings for this process only."""
+        self.launch(name, *args, ready=ready, command=command, env=env)
+        self.wait_ready()
+
+    def launch(self, name: str, *args: str, ready: str, command: Sequence[str] = (),
+               env: dict[str, str] | None = None) -> None:
+        """Start a process without waiting for it: ``wait_ready`` waits for every process
+        launched since the last wait. Several launched at once load their imports and
+        models side by side, which on two cores takes about half as long as one by one."""
         log = self.logs / f"{name}.log"
         if log.exists():
             # A restart: keep the old log beside, and wait for this process's own marker.
             log.rename(log.with_name(f"{name}.{time.time_ns()}.log"))
         with log.open("ab") as handle:
             self.processes[name] = subprocess.Popen(
-                list(command) or [sys.executable, "manage.py", *args], cwd=REPO, env=self.env,
-                stdout=handle, stderr=subprocess.STDOUT)
-        self._wait_for(name, log, ready)
+                list(command) or [sys.executable, "manage.py", *args], cwd=REPO,
+                env={**self.env, **(env or {})}, stdout=handle, stderr=subprocess.STDOUT)
+        self._starting[name] = (log, ready)
 
-    def _wait_for(self, name: str, log: Path, marker: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if marker in log.read_text(errors="replace"):
+    def wait_ready(self) -> None:
+        """Until every launched process has logged its marker. The limit grows with how
+        many start together (they share the cores): START_TIMEOUT per two processes."""
+        waiting = dict(self._starting)
+        self._starting.clear()
+        deadline = time.monotonic() + START_TIMEOUT * max(1.0, len(waiting) / 2)
+        while waiting:
+            for name, (log, marker) in list(waiting.items()):
+                if marker in log.read_text(errors="replace"):
+                    del waiting[name]
+                elif self.processes[name].poll() is not None:
+                    raise StackError(
+                        f"{name} exited {self.processes[name].returncode} before it was "
+                        f"ready:\n{log.read_text(errors='replace')[-3000:]}")
+            if not waiting:
                 return
-            if self.processes[name].poll() is not None:
-                break
-            time.sleep(0.2)
-        raise StackError(f"{name} did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            if time.monotonic() > deadline:
+                name, (log, _) = next(iter(waiting.items()))
+                raise StackError(f"{', '.join(waiting)} did not start; {name}'s log:\n"
+                                 f"{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
 
     def start_all(self, generators: Sequence[str] = GENERATORS) -> None:
-        """The dispatcher, one worker per generator, the ranking and the fusion worker."""
-        self.start("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
+        """The dispatcher, one worker per generator, the ranking and the fusion worker,
+        started side by side."""
+        self.launch("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
         for model in generators:
-            self.start(f"gen-{model}", "worker", "generate", "--model", model, ready=" ready.")
-        self.start("rank", "worker", "rank", ready=" ready.")
-        self.start("fuse", "worker", "fuse", ready=" ready.")
+            self.launch(f"gen-{model}", "worker", "generate", "--model", model, ready=" ready.")
+        self.launch("rank", "worker", "rank", ready=" ready.")
+        self.launch("fuse", "worker", "fuse", ready=" ready.")
+        self.wait_ready()
 
     def pid(self, name: str) -> int:
         return self.processes[name].pid
@@ -90,21 +116,28 @@ class Stack:
     def kill(self, name: str) -> None:
         """SIGKILL: no shutdown, no ack, no cleanup, as when a machine dies."""
         process = self.processes.pop(name)
+        self._starting.pop(name, None)
         process.kill()
         process.wait()
 
-    def stop(self, name: str) -> None:
-        process = self.processes.pop(name)
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    def stop(self, *names: str) -> None:
+        """SIGTERM (a warm shutdown) to each, then wait for them, side by side: one still
+        running after 20 s is killed."""
+        stopping = [self.processes.pop(name) for name in names]
+        for name in names:
+            self._starting.pop(name, None)
+        for process in stopping:
+            process.terminate()
+        deadline = time.monotonic() + 20
+        for process in stopping:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def stop_all(self) -> None:
-        for name in list(self.processes):
-            self.stop(name)
+        self.stop(*self.processes)
 
 
 def stack_env(settings: Settings, database_url: str, broker_url: str,
