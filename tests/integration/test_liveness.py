@@ -40,11 +40,12 @@ def live(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """Dispatcher, tiny-b, tiny-c, rank and fuse; tiny-a's worker is started by the tests."""
     with running_stack(settings, "liveness", tmp_path_factory.mktemp("logs"),
                        env=LIVENESS_ENV, start=False) as stack:
-        stack.start("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
+        stack.launch("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
         for model in ("tiny-b", "tiny-c"):
-            stack.start(f"gen-{model}", "worker", "generate", "--model", model, ready=READY)
-        stack.start("rank", "worker", "rank", ready=READY)
-        stack.start("fuse", "worker", "fuse", ready=READY)
+            stack.launch(f"gen-{model}", "worker", "generate", "--model", model, ready=READY)
+        stack.launch("rank", "worker", "rank", ready=READY)
+        stack.launch("fuse", "worker", "fuse", ready=READY)
+        stack.wait_ready()
         yield stack
 
 

@@ -75,9 +75,9 @@ def test_generator_and_ranker_on_another_host_need_only_the_two_urls(
         owned.callback(print, f"worker logs in {logs}")
         _register(host)
         assert "database" in host.manage("models", "list").stdout
-        host.start("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
-        host.start("local-gen", "worker", "generate", "--model", "local-gen", ready=" ready.")
-        host.start("fuse", "worker", "fuse", ready=" ready.")
+        host.launch("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
+        host.launch("local-gen", "worker", "generate", "--model", "local-gen", ready=" ready.")
+        host.launch("fuse", "worker", "fuse", ready=" ready.")
 
         ns = owned.enter_context(namespace_host(REMOTE_HOST))
         pg = owned.enter_context(TcpForwarder(ns.host_address, _target(database_url, 5432)))
@@ -91,10 +91,13 @@ def test_generator_and_ranker_on_another_host_need_only_the_two_urls(
         remote = Stack(host.settings, remote_env, logs)
         owned.callback(remote.stop_all)  # before the namespace goes (unwound first)
         manage = [sys.executable, "manage.py"]
-        remote.start("remote-gen", ready=" ready.", command=ns.command(
+        remote.launch("remote-gen", ready=" ready.", command=ns.command(
             [*manage, "worker", "generate", "--model", "remote-gen"]))
-        remote.start("remote-rank", ready=" ready.",
-                     command=ns.command([*manage, "worker", "rank"]))
+        remote.launch("remote-rank", ready=" ready.",
+                      command=ns.command([*manage, "worker", "rank"]))
+        # The host's processes start while the namespace is made; all are ready here.
+        host.wait_ready()
+        remote.wait_ready()
 
         # Each side sees the other: the host's inspection reaches the remote workers.
         rows = json.loads(host.manage("workers", "list", "--json").stdout)

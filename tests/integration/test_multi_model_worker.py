@@ -17,8 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_one_process_consumes_every_queue_it_is_given(stack: Stack, tmp_path: Path) -> None:
-    for model in GENERATORS:
-        stack.stop(f"gen-{model}")
+    stack.stop(*(f"gen-{model}" for model in GENERATORS))
     try:
         stack.start("gen-multi", "worker", "generate", *(a for m in GENERATORS
                                                           for a in ("--model", m)),
@@ -43,5 +42,6 @@ def test_one_process_consumes_every_queue_it_is_given(stack: Stack, tmp_path: Pa
         if "gen-multi" in stack.processes:
             stack.stop("gen-multi")
         for model in GENERATORS:
-            stack.start(f"gen-{model}", "worker", "generate", "--model", model,
-                        ready=" ready.")
+            stack.launch(f"gen-{model}", "worker", "generate", "--model", model,
+                         ready=" ready.")
+        stack.wait_ready()

@@ -48,17 +48,17 @@ def fleet(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     with running_stack(settings, "operating", logs, env=env, start=False) as stack:
         ports: dict[str, int] = {}
 
-        def start(name: str, *args: str, ready: str) -> None:
+        def launch(name: str, *args: str, ready: str) -> None:
             ports[name] = free_port()
-            stack.env["BLENDQ_METRICS_PORT"] = str(ports[name])
-            stack.start(name, *args, ready=ready)
+            stack.launch(name, *args, ready=ready,
+                         env={"BLENDQ_METRICS_PORT": str(ports[name])})
 
-        start("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
+        launch("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
         for model in MODELS:
-            start(f"gen-{model}", "worker", "generate", "--model", model, ready=" ready.")
-        start("rank", "worker", "rank", ready=" ready.")
-        start("fuse", "worker", "fuse", ready=" ready.")
-        del stack.env["BLENDQ_METRICS_PORT"]
+            launch(f"gen-{model}", "worker", "generate", "--model", model, ready=" ready.")
+        launch("rank", "worker", "rank", ready=" ready.")
+        launch("fuse", "worker", "fuse", ready=" ready.")
+        stack.wait_ready()
         flower_port = free_port()
         # Flower 2 serves its API only with authentication, or when told it may go without.
         stack.env["FLOWER_UNAUTHENTICATED_API"] = "true"

@@ -26,10 +26,11 @@ def replicas(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
     logs = tmp_path_factory.mktemp("logs")
     with running_stack(settings, "replicas", logs, start=False,
                        env={"BLENDQ_GEN_GATHER_CHUNKS": "2"}) as stack:
-        stack.start("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
+        stack.launch("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
         for kind, args in KINDS.items():
             for replica in ("1", "2"):
-                stack.start(f"{kind}-{replica}", "worker", *args, ready=READY)
+                stack.launch(f"{kind}-{replica}", "worker", *args, ready=READY)
+        stack.wait_ready()
         yield stack
 
 
