@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -15,6 +16,9 @@ from sqlalchemy import create_engine
 from sqlmodel import Session
 
 from orchestration.settings import Settings
+
+if TYPE_CHECKING:
+    from ops.bench.stack import Stack
 
 # Commands run in-process (click's CliRunner) read their settings from the environment: as
 # "test", the logging they configure leaves structlog's loggers uncached, so a later test
@@ -80,6 +84,17 @@ def session(pg_url: str) -> Iterator[Session]:
         transaction.rollback()
         connection.close()
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One running stack (its own database and vhost, the built-in tiny models) for the
+    whole run: the fault tests that kill its processes start them again with the same
+    commands, and the integration tests that need no settings of their own share it."""
+    from tests.integration.conftest import running_stack
+
+    with running_stack(settings, "stack", tmp_path_factory.mktemp("logs")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

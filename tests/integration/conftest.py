@@ -53,12 +53,6 @@ def running_stack(settings: Settings, name: str, logs: Path, *,
             print(f"worker logs in {logs}")
 
 
-@pytest.fixture(scope="session")
-def stack(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(settings, "stack", tmp_path_factory.mktemp("logs")) as running:
-        yield running
-
-
 def queue_exists(broker_url: str, name: str) -> bool:
     with Connection(broker_url) as conn:
         channel = conn.channel()
