@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func
-from sqlmodel import Session, create_engine, select
+from sqlmodel import Session, col, create_engine, select
 
 from db.models import Candidate, Comparison, Fusion, Ranking, Request
 from tests.integration.conftest import Stack
 from tests.integration.test_pipeline import wait_for, write_prompts
 
 pytestmark = pytest.mark.integration
-PROMPTS = 24
+# Six chunks of two: the first one's rows show the process at work, five are still to do.
+PROMPTS = 12
 
 # process name, the command that starts it, what shows it is in the middle of its work
 PROCESSES = {
@@ -41,6 +42,16 @@ def _started(session: Session, model: type | None, job_id: str) -> bool:
     return _count(session, model, job_id) > 0
 
 
+def _stored_by(session: Session, name: str, model: type, job_id: str) -> int:
+    """Rows of the job the killed process stores (tiny-a's candidates, not the others')."""
+    if model is Candidate:
+        ids = select(Request.id).where(Request.job_id == job_id)
+        return session.exec(select(func.count()).select_from(Candidate).where(
+            col(Candidate.request_id).in_(ids),
+            Candidate.model == name.removeprefix("gen-"))).one()
+    return _count(session, model, job_id)
+
+
 @pytest.mark.parametrize("name", list(PROCESSES))
 def test_kill_9_mid_job(stack: Stack, tmp_path: Path, name: str) -> None:
     args, ready, progress = PROCESSES[name]
@@ -55,6 +66,11 @@ def test_kill_9_mid_job(stack: Stack, tmp_path: Path, name: str) -> None:
             time.sleep(0.05)
             session.expire_all()
     stack.kill(name)
+    if progress is not None:
+        # The kill landed mid-job: the killed process still had requests of it to store.
+        with Session(engine) as session:
+            assert _stored_by(session, name, progress, job_id) < PROMPTS, (
+                f"{name} had finished the job before the kill: nothing was tested")
     time.sleep(1.0)
     stack.start(name, *args, ready=ready)
     job = wait_for(stack.settings.database_url, job_id, timeout=300)

@@ -44,7 +44,8 @@ from tests.integration.conftest import GENERATORS, Stack, running_stack
 from tests.integration.test_pipeline import write_prompts
 
 pytestmark = pytest.mark.integration
-PROMPTS = 40
+# Six chunks: when the first candidates are stored, five are still to go through.
+PROMPTS = 24
 CHUNK_SIZE = 4
 # How long each server stays down (RabbitMQ's own start adds about 7 s): long enough for
 # every process to notice (workers lose their connections, tasks hit errors and retry),

@@ -25,8 +25,9 @@ def _run(*args: str, timeout: float) -> str:
 
 
 def test_load_runs_a_small_job_and_verifies_it() -> None:
-    out = _run("ops.bench.load", "--requests", "40", "--timeout", "180", timeout=400)
-    assert "candidate 120, comparison 240, ranking 40, fusion 40 (verified)" in out
+    # Two chunks of 8: the smallest job that still spreads over chunks.
+    out = _run("ops.bench.load", "--requests", "16", "--timeout", "180", timeout=400)
+    assert "candidate 48, comparison 96, ranking 16, fusion 16 (verified)" in out
     assert "requests/s" in out
     for process in ("dispatcher", "gen-tiny-a", "gen-tiny-b", "gen-tiny-c", "rank", "fuse"):
         assert f"\n{process} " in out
@@ -42,6 +43,6 @@ def test_storage_prints_its_ratio() -> None:
 
 
 def test_pipeline_prints_the_bare_and_full_rates() -> None:
-    out = _run("ops.bench.pipeline", "--requests", "32", "--timeout", "300", timeout=400)
+    out = _run("ops.bench.pipeline", "--requests", "16", "--timeout", "300", timeout=400)
     assert "bare canvas, no-op tasks" in out and "full, tiny models" in out
     assert "bare / full:" in out
