@@ -9,11 +9,11 @@ from typing import Any
 
 import structlog
 from celery import Celery
-from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from db.models import Chunk, Job, JobStatus, Request, RequestStatus, utcnow
+from db.writes import copy_insert_ignore
 from orchestration import outbox
 from orchestration.canvas import chunk_canvas, to_payload
 from orchestration.lifecycle import transition
@@ -186,11 +186,12 @@ def _store_requests(session: Session, app: Celery, job: Job, validation: Validat
         session.add(chunk)
         session.flush()
         assert chunk.id is not None
-        session.execute(insert(Request), [
+        # One COPY a chunk on PostgreSQL (the job is new: no row can conflict); column
+        # names, so the caller's metadata goes to "metadata".
+        copy_insert_ignore(session, Request, [
             {"job_id": job.id, "chunk_id": chunk.id, "line_no": p.line_no,
              "custom_id": p.custom_id, "instruction": p.instruction, "input": p.input,
-             # ORM bulk insert: attribute names (meta is the column "metadata").
-             "messages": p.messages, "params": p.params, "meta": p.metadata,
+             "messages": p.messages, "params": p.params, "metadata": p.metadata,
              "status": RequestStatus.PENDING}
             for p in part
         ])
