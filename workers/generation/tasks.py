@@ -73,6 +73,14 @@ them. Two index probes a chunk, where asking of every request made the planner h
 whole candidate table (10 ms a query on a 6,400-request job)."""
 
 
+NEEDS_MODEL = text(f"""
+SELECT EXISTS (SELECT 1 FROM request r
+               WHERE r.chunk_id = :chunk AND r.status = '{RequestStatus.PENDING}'
+                 AND NOT EXISTS (SELECT 1 FROM candidate k
+                                 WHERE k.request_id = r.id AND k.model = :model))
+""")
+
+
 def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
                    deadline: Deadline | None = None) -> dict[str, int]:
     """Generate ``model``'s candidates for the chunk and, in the same backend call, for
@@ -84,6 +92,12 @@ def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
     # Commits here need not wait for the disk: the chord part counted after this task
     # commits with a flush (db/engine.py session_scope).
     with session_scope(url, flush_wal=False) as session:
+        if not session.execute(NEEDS_MODEL, {"chunk": chunk_id, "model": model}).scalar():
+            # Another task gathered this chunk and stored its candidates (or the chunk
+            # has no open request): only the chord part is left to count. Most messages
+            # end here once generators gather.
+            log.info("generate.nothing_left", model=model)
+            return {"generated": 0, "failed": 0, "chunks": 0}
         if not lifecycle.start_chunk(session, chunk_id, settings.chunk_lease_seconds):
             log.info("generate.skipped", model=model)
             return {"generated": 0, "failed": 0, "chunks": 0}

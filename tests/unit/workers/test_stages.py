@@ -157,12 +157,12 @@ def test_task_logs_carry_job_chunk_and_task_ids(stage_settings: Settings,
     structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture],
                         wrapper_class=structlog.make_filtering_bound_logger(0))
     try:
-        # A chunk that does not exist: the task runs, logs and skips.
+        # A chunk that does not exist: the task runs, logs that nothing is left, ends.
         generate.apply(kwargs={"job_id": "job_missing", "chunk_id": 987654321,
                                "model": "tiny-a"}, task_id="task-under-test")
     finally:
         structlog.configure(**previous)
-    skipped = [e for e in capture.entries if e["event"] == "generate.skipped"]
+    skipped = [e for e in capture.entries if e["event"] == "generate.nothing_left"]
     assert skipped, capture.entries
     assert skipped[0]["job_id"] == "job_missing"
     assert skipped[0]["chunk_id"] == 987654321
