@@ -47,8 +47,15 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int,
                deadline: Deadline | None = None) -> dict[str, int]:
     url = settings.database_url
     with session_scope(url) as session:
-        if not lifecycle.chunk_is_running(session, chunk_id):
+        found = session.exec(select(Chunk.status, Chunk.stage)
+                             .where(Chunk.id == chunk_id)).one_or_none()
+        if found is None or found[0] != ChunkStatus.RUNNING:
             log.info("rank.skipped")
+            return {"ranked": 0, "comparisons": 0, "chunks": 0}
+        if found[1] == ChunkStage.FUSE:
+            # A task that gathered this chunk stored its rankings and, in the same
+            # transaction, queued its fusion (which moved it to the fuse stage).
+            log.info("rank.ranked_already")
             return {"ranked": 0, "comparisons": 0, "chunks": 0}
         job = session.get(Job, job_id)
         assert job is not None and job.ranker is not None
