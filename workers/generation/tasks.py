@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import exists, select, text
+from sqlalchemy import ColumnElement, exists, select, text
 from sqlmodel import col
 
 from db.engine import session_scope
@@ -73,12 +73,12 @@ them. Two index probes a chunk, where asking of every request made the planner h
 whole candidate table (10 ms a query on a 6,400-request job)."""
 
 
-NEEDS_MODEL = text(f"""
-SELECT EXISTS (SELECT 1 FROM request r
-               WHERE r.chunk_id = :chunk AND r.status = '{RequestStatus.PENDING}'
-                 AND NOT EXISTS (SELECT 1 FROM candidate k
-                                 WHERE k.request_id = r.id AND k.model = :model))
-""")
+
+def _open_without(model: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """Requests still open and without a candidate of ``model``."""
+    return (col(Request.status) == RequestStatus.PENDING,
+            ~exists().where(col(Candidate.request_id) == col(Request.id),
+                            col(Candidate.model) == model))
 
 
 def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
@@ -92,7 +92,8 @@ def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
     # Commits here need not wait for the disk: the chord part counted after this task
     # commits with a flush (db/engine.py session_scope).
     with session_scope(url, flush_wal=False) as session:
-        if not session.execute(NEEDS_MODEL, {"chunk": chunk_id, "model": model}).scalar():
+        if not session.execute(select(exists().where(
+                col(Request.chunk_id) == chunk_id, *_open_without(model)))).scalar():
             # Another task gathered this chunk and stored its candidates (or the chunk
             # has no open request): only the chord part is left to count. Most messages
             # end here once generators gather.
@@ -152,10 +153,7 @@ def _gather_work(settings: Settings, model: str,
         rows = session.execute(
             select(col(Request.chunk_id), col(Request.id), col(Request.instruction),
                    col(Request.input), col(Request.messages), col(Request.params))
-            .where(col(Request.chunk_id).in_(chunk_ids),
-                   col(Request.status) == RequestStatus.PENDING,
-                   ~exists().where(col(Candidate.request_id) == col(Request.id),
-                                   col(Candidate.model) == model))
+            .where(col(Request.chunk_id).in_(chunk_ids), *_open_without(model))
             .order_by(col(Request.id))).all()
     by_chunk: dict[int, list[Prompted]] = {}
     for chunk_id, *fields in rows:
