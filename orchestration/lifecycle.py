@@ -83,6 +83,8 @@ def start_chunk(session: Session, chunk_id: int,
     started yet is cancelled here instead, which is how "no new chunk starts" holds for
     chunks already published; that rarer path locks the job first, as cancelling does.
     """
+    if _start_running(session, chunk_id, lease_seconds):
+        return True
     found = session.exec(select(Chunk.job_id, Chunk.status)
                          .where(Chunk.id == chunk_id)).one_or_none()
     if found is None:
@@ -103,6 +105,23 @@ def start_chunk(session: Session, chunk_id: int,
     chunk.lease_until = now + timedelta(seconds=lease_seconds)
     session.add(chunk)
     return True
+
+
+def _start_running(session: Session, chunk_id: int, lease_seconds: int) -> bool:
+    """The common case of :func:`start_chunk` in one statement: an active chunk of a job in
+    progress starts (or renews its lease) under its own row lock. The job row is only
+    read, not locked. Anything else (no such chunk, a chunk closed, a job no longer in
+    progress) is left to the full path."""
+    now = utcnow()
+    started = session.execute(
+        update(Chunk)
+        .where(col(Chunk.id) == chunk_id, col(Chunk.status).in_(ACTIVE_CHUNK_STATUSES),
+               col(Job.id) == col(Chunk.job_id), col(Job.status) == JobStatus.IN_PROGRESS)
+        .values(status=ChunkStatus.RUNNING,
+                started_at=func.coalesce(col(Chunk.started_at), now),
+                lease_until=now + timedelta(seconds=lease_seconds))
+        .returning(col(Chunk.id))).first()
+    return started is not None
 
 
 def start_chunks(session: Session, chunk_ids: list[int],
@@ -182,25 +201,23 @@ def renew_leases(session: Session, chunk_ids: list[int], seconds: int) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def finish_chunk(session: Session, chunk_id: int) -> Job | None:
-    """Mark a running chunk done once and move its job's counts by its requests.
+def finish_chunk(session: Session, chunk_id: int) -> str | None:
+    """Mark a running chunk done once and move its job's counts by its requests; returns
+    the chunk's job id (None for no such chunk).
 
     Order of locks: the chunk, then the job row, taken by the counter update at the very
     end, so the job is locked only for the rest of this transaction. Cancelling (job, then
     chunks not yet running) never waits on a running chunk, so the two cannot deadlock.
     """
-    chunk = session.exec(select(Chunk).where(Chunk.id == chunk_id)
-                         .with_for_update()).one_or_none()
-    if chunk is None:
-        return None
-    if chunk.status != ChunkStatus.RUNNING:
-        return session.get(Job, chunk.job_id)
-    chunk.status = ChunkStatus.DONE
-    chunk.finished_at = utcnow()
-    chunk.lease_until = None
-    session.add(chunk)
-    session.flush()
-    return _count_closed(session, chunk.job_id, [chunk_id])
+    session.flush()  # the stage's request updates, which the count below reads
+    closed = session.execute(
+        update(Chunk).where(col(Chunk.id) == chunk_id, col(Chunk.status) == ChunkStatus.RUNNING)
+        .values(status=ChunkStatus.DONE, finished_at=utcnow(), lease_until=None)
+        .returning(col(Chunk.job_id))).first()
+    if closed is None:
+        return session.exec(select(Chunk.job_id).where(Chunk.id == chunk_id)).one_or_none()
+    _count_closed(session, closed.job_id, [chunk_id])
+    return str(closed.job_id)
 
 
 def abandon_chunk(session: Session, chunk_id: int, reason: str) -> None:
@@ -230,25 +247,26 @@ def abandon_chunk(session: Session, chunk_id: int, reason: str) -> None:
     _count_closed(session, job_id, [chunk_id])
 
 
-def _count_closed(session: Session, job_id: str, chunk_ids: list[int]) -> Job | None:
+def _count_closed(session: Session, job_id: str, chunk_ids: list[int]) -> None:
     """Add the outcome of chunks that just closed to their job: O(chunk) reads, one update
-    of the job row (atomic, so concurrent chunk ends cannot lose a count)."""
+    of the job row (atomic, so concurrent chunk ends cannot lose a count). The job itself
+    is read only when it may be finished."""
     rows = session.exec(
         select(Request.status, func.count()).where(col(Request.chunk_id).in_(chunk_ids))
         .group_by(Request.status)
     ).all()
     by_status = dict(rows)
-    session.execute(
+    left = session.execute(
         update(Job).where(col(Job.id) == job_id).values(
             completed=col(Job.completed) + by_status.get(RequestStatus.COMPLETED, 0),
             failed=col(Job.failed) + by_status.get(RequestStatus.FAILED, 0),
             chunks_left=col(Job.chunks_left) - len(chunk_ids),
-        )
-    )
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is not None:
-        maybe_finalize(session, job)
-    return job
+        ).returning(col(Job.chunks_left))
+    ).scalar_one_or_none()
+    if left is not None and left <= 0:
+        job = session.get(Job, job_id, populate_existing=True)
+        if job is not None:
+            maybe_finalize(session, job)
 
 
 def recount(session: Session, job: Job) -> None:

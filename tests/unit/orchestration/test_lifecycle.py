@@ -248,8 +248,7 @@ def test_finish_chunk_recounts_and_finalises_only_after_the_last_chunk(
         session: Session) -> None:
     job, [first, second] = make_job(session, chunks=[
         (ChunkStatus.RUNNING, [C, F, C]), (ChunkStatus.RUNNING, [P, P])])
-    returned = finish_chunk(session, first.id)  # type: ignore[arg-type]
-    assert returned is not None and returned.id == job.id
+    assert finish_chunk(session, first.id) == job.id  # type: ignore[arg-type]
     reload(session)
     assert first.status == ChunkStatus.DONE and first.finished_at is not None
     assert second.status == ChunkStatus.RUNNING
@@ -295,9 +294,9 @@ def test_finish_chunk_twice_changes_nothing_the_second_time(session: Session) ->
     reload(session)
     finished, completed_at = chunk.finished_at, job.completed_at
     assert job.status == JobStatus.COMPLETED
-    again = finish_chunk(session, chunk.id)  # type: ignore[arg-type]
-    assert again is not None and again.status == JobStatus.COMPLETED
+    assert finish_chunk(session, chunk.id) == job.id  # type: ignore[arg-type]
     reload(session)
+    assert job.status == JobStatus.COMPLETED
     assert chunk.finished_at == finished
     assert job.completed_at == completed_at
     assert (job.completed, job.failed) == (1, 1)
