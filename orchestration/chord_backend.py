@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy.exc
 import structlog
 from celery import states
 from celery.backends.base import BaseBackend
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from db.engine import session_scope
+from db.engine import is_postgres, session_scope
 from db.models import Chord, ChordPart, ChunkStage, utcnow
 from db.writes import insert_ignore
 from orchestration import lifecycle, outbox
@@ -38,9 +39,7 @@ log = structlog.get_logger(__name__)
 
 
 def set_size(session: Session, group_id: str, size: int) -> None:
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else (
-        sqlite.insert)
-    stmt = insert(Chord).values(group_id=group_id, size=size, created_at=utcnow())
+    stmt = _insert_for(session)(Chord).values(group_id=group_id, size=size, created_at=utcnow())
     session.execute(stmt.on_conflict_do_update(index_elements=["group_id"],
                                                set_={"size": size}))
 
@@ -49,20 +48,26 @@ def record_part(session: Session, group_id: str, task_id: str, state: str,
                 body: dict[str, Any], job_id: str | None = None,
                 size_hint: int | None = None, chunk_id: int | None = None,
                 start_timeout: int = lifecycle.DEFAULT_START_TIMEOUT) -> int | None:
-    """Count one header task; returns the outbox id when this part completed the chord."""
-    insert_ignore(session, Chord, [{"group_id": group_id, "size": size_hint,
-                                    "created_at": utcnow()}])
-    chord = session.exec(select(Chord).where(Chord.group_id == group_id)
-                         .with_for_update()).one()
-    insert_ignore(session, ChordPart, [{"group_id": group_id, "task_id": task_id,
-                                        "state": state, "created_at": utcnow()}])
-    size = chord.size if chord.size is not None else size_hint
+    """Count one header task; returns the outbox id when this part completed the chord.
+
+    Two statements on PostgreSQL, in this order: the chord's row is locked first (created
+    if the size is not known yet), then the part is inserted and the parts counted. The
+    count is a statement of its own, so its snapshot is taken once the lock is held: the
+    last part of a chord to get the lock sees every other part committed.
+    """
+    insert = _insert_for(session)
+    now = utcnow()
+    chord = Chord.__table__  # type: ignore[attr-defined]
+    upsert = insert(chord).values(group_id=group_id, size=size_hint, created_at=now)
+    size = session.execute(upsert.on_conflict_do_update(
+        index_elements=["group_id"],
+        set_={"size": func.coalesce(chord.c.size, upsert.excluded.size)},
+    ).returning(chord.c.size)).scalar_one()
     if size is None:
+        insert_ignore(session, ChordPart, [{"group_id": group_id, "task_id": task_id,
+                                            "state": state, "created_at": now}])
         return None
-    done = session.exec(
-        select(func.count()).select_from(ChordPart).where(ChordPart.group_id == group_id)
-    ).one()
-    if done < size:
+    if _count_parts(session, group_id, task_id, state, now) < size:
         return None
     # The chunk is kept so the ranking worker can see which chunks wait on its queue.
     # Published right after the commit (on_chord_part_return), so no wake-up.
@@ -71,6 +76,32 @@ def record_part(session: Session, group_id: str, task_id: str, state: str,
     if outbox_id is not None and chunk_id is not None:
         lifecycle.enter_stage(session, chunk_id, ChunkStage.RANK, start_timeout)
     return outbox_id
+
+
+_COUNT_WITH_PART = text("""
+WITH new_part AS (
+    INSERT INTO chord_part (group_id, task_id, state, created_at)
+    VALUES (:group_id, :task_id, :state, :created_at)
+    ON CONFLICT DO NOTHING RETURNING 1)
+SELECT (SELECT count(*) FROM chord_part WHERE group_id = :group_id)
+     + (SELECT count(*) FROM new_part)
+""")
+"""The part inserted and the parts counted in one round trip: the scan does not see the
+row its own statement inserts, so that row is added from the insert's RETURNING."""
+
+
+def _count_parts(session: Session, group_id: str, task_id: str, state: str,
+                 now: datetime) -> int:
+    params = {"group_id": group_id, "task_id": task_id, "state": state, "created_at": now}
+    if is_postgres(session):
+        return int(session.execute(_COUNT_WITH_PART, params).scalar_one())
+    insert_ignore(session, ChordPart, [params])
+    return int(session.execute(select(func.count()).select_from(ChordPart)
+                               .where(ChordPart.group_id == group_id)).scalar_one())
+
+
+def _insert_for(session: Session) -> Any:
+    return postgresql.insert if is_postgres(session) else sqlite.insert
 
 
 def _with_retries(action: Callable[[], int | None], attempts: int = 8,
@@ -149,5 +180,5 @@ class PostgresChordBackend(BaseBackend):
             return
         log.info("chord.complete", group_id=group_id, outbox_id=outbox_id)
         # Queued already; if this publish fails, the dispatcher sends it.
-        outbox.publish_now(self._url(), self.app, [outbox_id],
+        outbox.publish_now(self._url(), self.app, [(outbox_id, payload)],
                            self.app.conf.blendq_settings.chunk_start_timeout)

@@ -118,21 +118,48 @@ def _mark_dispatched(session: Session, chunk_ids: list[int], start_timeout: int)
     )
 
 
-def publish_now(database_url: str, app: Celery, outbox_ids: Iterable[int | None],
+def publish_now(database_url: str, app: Celery, queued: Iterable[tuple[int, dict[str, Any]]],
                 start_timeout: int = lifecycle.DEFAULT_START_TIMEOUT) -> None:
-    """Publish rows a task just committed, each in its own transaction, without waiting
-    for the dispatcher; a row that cannot go now stays pending and the dispatcher sends
-    it (the hop is durable either way)."""
-    for outbox_id in outbox_ids:
-        if outbox_id is None:
-            continue
-        try:
-            with session_scope(database_url) as session:
-                relay(session, celery_publisher(app), only_id=outbox_id,
-                      start_timeout=start_timeout)
-        except Exception as exc:
-            log.warning("outbox.publish_deferred", outbox_id=outbox_id,
-                        error=f"{type(exc).__name__}: {exc}")
+    """Publish rows a task just committed, ``(outbox id, payload)``, without waiting for
+    the dispatcher. The rows are claimed as the relay claims them (``SKIP LOCKED``, so a
+    dispatcher polling meanwhile sends each at most once with it), sent from the payloads
+    in hand and marked sent in one statement. A row that cannot go now stays pending and
+    the dispatcher sends it (the hop is durable either way)."""
+    payloads = dict(queued)
+    if not payloads:
+        return
+    try:
+        # Marking rows sent need not wait for the disk: if the mark is lost, the dispatcher
+        # sends the row again, as after a crash between a publish and its commit.
+        with session_scope(database_url, flush_wal=False) as session:
+            claimed = _claim_pending(session, sorted(payloads))
+            sent: list[int] = []
+            try:
+                for outbox_id in claimed:
+                    from_payload(app, payloads[outbox_id]).apply_async()
+                    sent.append(outbox_id)
+            finally:
+                _mark_sent(session, sent)
+    except Exception as exc:
+        log.warning("outbox.publish_deferred", outbox_ids=sorted(payloads),
+                    error=f"{type(exc).__name__}: {exc}")
+
+
+def _claim_pending(session: Session, outbox_ids: list[int]) -> list[int]:
+    query = (select(Outbox.id)
+             .where(col(Outbox.id).in_(outbox_ids), Outbox.status == OutboxStatus.PENDING)
+             .order_by(col(Outbox.id)))
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    return [outbox_id for outbox_id in session.exec(query).all() if outbox_id is not None]
+
+
+def _mark_sent(session: Session, outbox_ids: list[int]) -> None:
+    if outbox_ids:
+        session.execute(
+            update(Outbox).where(col(Outbox.id).in_(outbox_ids))
+            .values(status=OutboxStatus.SENT, attempts=col(Outbox.attempts) + 1,
+                    published_at=utcnow()))
 
 
 def _relay_row(session: Session, row: Outbox, publish: Publisher) -> int | None:

@@ -7,10 +7,33 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select as select_rows
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from db.models import Candidate, Request, RequestStatus
 from db.writes import bulk_update
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """What ranking reads of a request: a plain row, not an ORM object."""
+
+    id: int
+    job_id: str
+    instruction: str
+    input: str
+
+
+def open_requests_of(session: Session, chunk_ids: list[int]) -> list[OpenRequest]:
+    """The open requests of ``chunk_ids``, in id order, in one query."""
+    if not chunk_ids:
+        return []
+    rows = session.execute(
+        select_rows(col(Request.id), col(Request.job_id), col(Request.instruction),
+                    col(Request.input))
+        .where(col(Request.chunk_id).in_(chunk_ids), col(Request.status) == RequestStatus.PENDING)
+        .order_by(col(Request.id))).all()
+    return [OpenRequest(*row) for row in rows]
 
 
 def open_requests(session: Session, chunk_id: int) -> list[Request]:
@@ -58,7 +81,7 @@ def candidate_texts(session: Session, candidate_ids: list[int]) -> dict[int, str
     return {candidate_id: text for candidate_id, text in rows}
 
 
-def source_text(request: Request) -> str:
+def source_text(request: Request | OpenRequest) -> str:
     """What the ranker and fuser see as the prompt."""
     return f"{request.instruction}\n{request.input}" if request.input else request.instruction
 
@@ -74,6 +97,15 @@ def fail_requests(session: Session, requests: list[Request], reason: str) -> Non
         request.status = RequestStatus.FAILED
         request.error = reason
         session.add(request)
+
+
+def fail_open(session: Session, request_ids: list[int], reason: str) -> None:
+    """Fail the requests of ``request_ids`` that are still open, in one statement."""
+    if request_ids:
+        session.execute(
+            update(Request)
+            .where(col(Request.id).in_(request_ids), col(Request.status) == RequestStatus.PENDING)
+            .values(status=RequestStatus.FAILED, error=reason))
 
 
 def storable(text: str) -> str:

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlmodel import Session, col
 
 from db.engine import session_scope
-from db.models import Fusion, Job, Ranking, Request, RequestStatus, utcnow
+from db.models import Fusion, Job, Ranking, RequestStatus, utcnow
 from db.writes import insert_ignore
 from orchestration import lifecycle
 from orchestration.celery_app import FUSE_TASK, app
@@ -20,9 +20,10 @@ from workers.base import BlendqTask
 from workers.deadline import Deadline, DeadlineExceeded
 from workers.model_store import ModelLoadError, get_model, revision_of
 from workers.stage_io import (
+    OpenRequest,
     candidate_texts,
-    fail_requests,
-    open_requests,
+    fail_open,
+    open_requests_of,
     storable,
     update_requests,
 )
@@ -41,10 +42,9 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
             return {"fused": 0}
         job = session.get(Job, job_id)
         assert job is not None
-        requests = open_requests(session, chunk_id)
+        requests = open_requests_of(session, [chunk_id])
         top = _top_candidates(session, requests, job.top_k)
-    ready = [r for r in requests if top.get(r.id or 0)]
-    # By id: SQLModel objects compare field by field, and a chunk is 64 of them.
+    ready = [r for r in requests if top.get(r.id)]
     ready_ids = {r.id for r in ready}
     try:
         with leases.holding(settings, [chunk_id]):
@@ -60,10 +60,10 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         log.exception("fuse.failed")
         failure = f"fusion failed: {type(exc).__name__}: {exc}"
     with session_scope(url) as session:
-        unranked = [session.merge(r) for r in requests if r.id not in ready_ids]
-        fail_requests(session, unranked, "no ranking was stored for this request")
+        fail_open(session, [r.id for r in requests if r.id not in ready_ids],
+                  "no ranking was stored for this request")
         if failure is not None:
-            fail_requests(session, [session.merge(r) for r in ready], failure)
+            fail_open(session, sorted(ready_ids), failure)
         else:
             _store(session, ready, top, fuser_name, revision, params, outputs)
         lifecycle.finish_chunk(session, chunk_id)
@@ -71,10 +71,10 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
     return {"fused": 0 if failure else len(ready)}
 
 
-def _top_candidates(session: Session, requests: list[Request],
+def _top_candidates(session: Session, requests: list[OpenRequest],
                     top_k: int) -> dict[int, list[tuple[int, str]]]:
     """(candidate id, text) of each request's best k, best first, from its ranking."""
-    ids = [r.id for r in requests if r.id]
+    ids = [r.id for r in requests]
     rankings = session.execute(
         select(col(Ranking.request_id), col(Ranking.entries))
         .where(col(Ranking.request_id).in_(ids)).order_by(col(Ranking.id))).all()
@@ -84,27 +84,27 @@ def _top_candidates(session: Session, requests: list[Request],
     return {rid: [(cid, texts[cid]) for cid in top] for rid, top in latest.items()}
 
 
-def _fuse(settings: Settings, job: Job, requests: list[Request],
+def _fuse(settings: Settings, job: Job, requests: list[OpenRequest],
           top: dict[int, list[tuple[int, str]]]) -> tuple[str, str, dict[str, Any], list[str]]:
     if job.fuser is None:
-        return TOP1, TOP1, {"top_k": 1}, [top[r.id or 0][0][1] for r in requests]
+        return TOP1, TOP1, {"top_k": 1}, [top[r.id][0][1] for r in requests]
     entry = get_registry(settings.registry_path).get(job.fuser, "fuser")
     fuser = get_model(entry, settings)
     params = {**DEFAULT_FUSION,
               **{k: v for k, v in entry.params.items() if k in DEFAULT_FUSION},
               "top_k": job.top_k}
-    items = [(r.instruction, r.input, [text for _, text in top[r.id or 0]]) for r in requests]
+    items = [(r.instruction, r.input, [text for _, text in top[r.id]]) for r in requests]
     outputs = fuser.fuse(items, num_beams=int(params["num_beams"]),
                          max_new_tokens=int(params["max_new_tokens"])) if items else []
     return entry.name, revision_of(fuser, entry), params, outputs
 
 
-def _store(session: Session, requests: list[Request], top: dict[int, list[tuple[int, str]]],
+def _store(session: Session, requests: list[OpenRequest], top: dict[int, list[tuple[int, str]]],
            fuser: str, revision: str, params: dict[str, Any], outputs: list[str]) -> None:
     now = utcnow()
     insert_ignore(session, Fusion, [
         {"request_id": r.id, "fuser": fuser, "fuser_revision": revision,
-         "candidate_ids": [cid for cid, _ in top[r.id or 0]], "output": storable(output),
+         "candidate_ids": [cid for cid, _ in top[r.id]], "output": storable(output),
          "params": params, "created_at": now}
         for r, output in zip(requests, outputs, strict=True)
     ])

@@ -15,7 +15,6 @@ from db.models import (
     Comparison,
     Job,
     Ranking,
-    Request,
     utcnow,
 )
 from db.writes import copy_insert_ignore, insert_ignore
@@ -32,10 +31,11 @@ from workers.ranking.batching import DEFAULT_BATCH_COST, DEFAULT_TOKEN_BUDGET
 from workers.ranking.gathering import claim_chunks
 from workers.ranking.strategies import Pair, final_order, plan, run_plans
 from workers.stage_io import (
+    OpenRequest,
     StoredCandidate,
     candidates_by_request,
-    fail_requests,
-    open_requests,
+    fail_open,
+    open_requests_of,
     source_text,
     update_requests,
 )
@@ -66,26 +66,30 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int,
         return _rank_chunks(settings, ranker_name, chunk_ids, deadline)
 
 
-def _queue_fusion(session: Session, settings: Settings, chunk_ids: list[int]) -> list[int]:
+def _queue_fusion(session: Session, settings: Settings,
+                  chunk_ids: list[int]) -> list[tuple[int, dict[str, Any]]]:
     """The hop to fuse, written in the caller's transaction (the one that stores the
-    rankings), so it is as durable as the first publish; returns the new outbox ids."""
+    rankings), so it is as durable as the first publish; returns the new outbox rows (id,
+    payload)."""
     queued = []
-    for chunk_id in chunk_ids:
-        chunk = session.get(Chunk, chunk_id)
-        if chunk is None or chunk.status != ChunkStatus.RUNNING:
-            continue
-        payload = to_payload(fuse_signature(app, chunk.job_id, chunk_id))
-        outbox_id = outbox.add(session, outbox.KIND_SIGNATURE, payload, job_id=chunk.job_id,
-                               chunk_id=chunk_id, dedup_key=f"fuse:{chunk_id}:{chunk.epoch}",
+    running = session.exec(
+        select(Chunk.id, Chunk.job_id, Chunk.epoch)
+        .where(col(Chunk.id).in_(chunk_ids), Chunk.status == ChunkStatus.RUNNING)
+        .order_by(col(Chunk.id))).all()
+    for chunk_id, job_id, epoch in running:
+        assert chunk_id is not None
+        payload = to_payload(fuse_signature(app, job_id, chunk_id))
+        outbox_id = outbox.add(session, outbox.KIND_SIGNATURE, payload, job_id=job_id,
+                               chunk_id=chunk_id, dedup_key=f"fuse:{chunk_id}:{epoch}",
                                notify=False)  # _send_fusion publishes it
         if outbox_id is not None:
             lifecycle.enter_stage(session, chunk_id, ChunkStage.FUSE,
                                   settings.chunk_start_timeout)
-            queued.append(outbox_id)
+            queued.append((outbox_id, payload))
     return queued
 
 
-def _send_fusion(settings: Settings, queued: list[int]) -> None:
+def _send_fusion(settings: Settings, queued: list[tuple[int, dict[str, Any]]]) -> None:
     outbox.publish_now(settings.database_url, app, queued, settings.chunk_start_timeout)
 
 
@@ -97,21 +101,21 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
     finishes a chunk)."""
     url = settings.database_url
     with session_scope(url) as session:
-        running = [c for c in chunk_ids if lifecycle.chunk_is_running(session, c)]
-        requests = [r for c in running for r in open_requests(session, c)]
+        running = [c for c in session.exec(
+            select(Chunk.id).where(col(Chunk.id).in_(chunk_ids),
+                                   Chunk.status == ChunkStatus.RUNNING)
+            .order_by(col(Chunk.id))).all() if c is not None]
+        requests = open_requests_of(session, running)
         job_ids = sorted({r.job_id for r in requests})
         jobs = {j.id: j for j in session.exec(select(Job).where(col(Job.id).in_(job_ids)))}
-        by_request = candidates_by_request(session, [r.id for r in requests if r.id])
-        empty = {r.id for r in requests if not _usable(by_request[r.id or 0])}
-        for request in requests:
-            if request.id in empty:
-                fail_requests(session, [request],
-                              _no_candidates_reason(by_request[request.id or 0]))
-    # By id: SQLModel objects compare field by field.
+        by_request = candidates_by_request(session, [r.id for r in requests])
+        empty = {r.id for r in requests if not _usable(by_request[r.id])}
+        for request_id in sorted(empty):
+            fail_open(session, [request_id], _no_candidates_reason(by_request[request_id]))
     rankable = [r for r in requests if r.id not in empty]
     if not rankable:
         return _give_up(settings, [], "", running)
-    job_of = {r.id or 0: jobs[r.job_id] for r in rankable}
+    job_of = {r.id: jobs[r.job_id] for r in rankable}
     try:
         entry = get_registry(settings.registry_path).get(ranker_name, "ranker")
         ranker = get_model(entry, settings)
@@ -119,9 +123,9 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
         return _give_up(settings, rankable, f"ranking: {exc}", running)
     revision = revision_of(ranker, entry)
     with session_scope(url) as session:
-        stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
-    cands_of = {r.id or 0: _usable(by_request[r.id or 0]) for r in rankable}
-    source_of = {r.id or 0: source_text(r) for r in rankable}
+        stored = _stored_logits(session, [r.id for r in rankable], revision)
+    cands_of = {r.id: _usable(by_request[r.id]) for r in rankable}
+    source_of = {r.id: source_text(r) for r in rankable}
     plans = {rid: plan(job_of[rid].strategy, len(cands), seed=rid, top_k=job_of[rid].top_k)
              for rid, cands in cands_of.items()}
     written = 0
@@ -178,10 +182,10 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
                         running)
     with session_scope(url) as session:
         # Score from what is stored, so a redelivery ranks from the same numbers.
-        stored = _stored_logits(session, [r.id for r in rankable if r.id], revision)
+        stored = _stored_logits(session, [r.id for r in rankable], revision)
         _store_rankings(session, [
-            _ranking_row(r, cands_of[r.id or 0], tops[r.id or 0], stored.get(r.id or 0, {}),
-                         job_of[r.id or 0], revision)
+            _ranking_row(r, cands_of[r.id], tops[r.id], stored.get(r.id, {}),
+                         job_of[r.id], revision)
             for r in rankable])
         queued = _queue_fusion(session, settings, running)
     _send_fusion(settings, queued)
@@ -198,12 +202,12 @@ def _by_index(cands: list[StoredCandidate],
             if a in index and b in index}
 
 
-def _give_up(settings: Settings, requests: list[Request], reason: str,
+def _give_up(settings: Settings, requests: list[OpenRequest], reason: str,
              chunk_ids: list[int]) -> dict[str, int]:
     """Fail the requests and pass the chunks on: fusion skips failed requests and
     finishes the chunks."""
     with session_scope(settings.database_url) as session:
-        fail_requests(session, [session.merge(r) for r in requests], reason)
+        fail_open(session, [r.id for r in requests], reason)
         queued = _queue_fusion(session, settings, chunk_ids)
     _send_fusion(settings, queued)
     return {"ranked": 0, "comparisons": 0, "chunks": len(chunk_ids)}
@@ -235,7 +239,7 @@ def _stored_logits(session: Session, request_ids: list[int],
     return found
 
 
-def _ranking_row(request: Request, cands: list[StoredCandidate], top: list[int],
+def _ranking_row(request: OpenRequest, cands: list[StoredCandidate], top: list[int],
                  stored: dict[tuple[int, int], float], job: Job,
                  revision: str) -> dict[str, Any]:
     order, scores = final_order(len(cands), top, _by_index(cands, stored), job.aggregation,
