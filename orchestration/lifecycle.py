@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import func, text, update
 from sqlmodel import Session, col, select
 
+from db.engine import is_postgres
 from db.models import (
     ACTIVE_CHUNK_STATUSES,
     TERMINAL_JOB_STATUSES,
@@ -136,6 +137,40 @@ def start_chunks(session: Session, chunk_ids: list[int],
     """
     if not chunk_ids:
         return []
+    started = _start_all_running(session, chunk_ids, lease_seconds)
+    rest = sorted(set(chunk_ids) - set(started))
+    if not rest:
+        return started
+    return sorted(started + _start_chunks_one_by_one(session, rest, lease_seconds))
+
+
+_START_ALL = text(f"""
+WITH locked AS (
+    SELECT c.id FROM chunk c JOIN job j ON j.id = c.job_id
+    WHERE c.id = ANY(:ids) AND c.status IN ('{ChunkStatus.PENDING}', '{ChunkStatus.DISPATCHED}',
+                                            '{ChunkStatus.RUNNING}')
+      AND j.status = '{JobStatus.IN_PROGRESS}'
+    ORDER BY c.id FOR UPDATE OF c)
+UPDATE chunk SET status = '{ChunkStatus.RUNNING}', started_at = coalesce(chunk.started_at, :now),
+                 lease_until = :until
+FROM locked WHERE chunk.id = locked.id
+RETURNING chunk.id
+""")
+"""The common case of :func:`start_chunks` in one statement: the active chunks of jobs in
+progress, their row locks taken in id order."""
+
+
+def _start_all_running(session: Session, chunk_ids: list[int], lease_seconds: int) -> list[int]:
+    if not is_postgres(session):
+        return []
+    now = utcnow()
+    rows = session.execute(_START_ALL, {"ids": sorted(chunk_ids), "now": now,
+                                        "until": now + timedelta(seconds=lease_seconds)})
+    return sorted(row[0] for row in rows)
+
+
+def _start_chunks_one_by_one(session: Session, chunk_ids: list[int],
+                             lease_seconds: int) -> list[int]:
     seen = session.exec(
         select(Chunk.id, Chunk.status, Job.status).join(Job, col(Job.id) == Chunk.job_id)
         .where(col(Chunk.id).in_(chunk_ids))).all()
