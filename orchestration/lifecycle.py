@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, text, update
 from sqlmodel import Session, col, select
 
+from db import core
 from db.engine import is_postgres
 from db.models import (
     ACTIVE_CHUNK_STATUSES,
@@ -114,14 +115,14 @@ def _start_running(session: Session, chunk_id: int, lease_seconds: int) -> bool:
     read, not locked. Anything else (no such chunk, a chunk closed, a job no longer in
     progress) is left to the full path."""
     now = utcnow()
+    c, j = core.chunk.c, core.job.c
     started = session.execute(
-        update(Chunk)
-        .where(col(Chunk.id) == chunk_id, col(Chunk.status).in_(ACTIVE_CHUNK_STATUSES),
-               col(Job.id) == col(Chunk.job_id), col(Job.status) == JobStatus.IN_PROGRESS)
-        .values(status=ChunkStatus.RUNNING,
-                started_at=func.coalesce(col(Chunk.started_at), now),
+        update(core.chunk)
+        .where(c.id == chunk_id, c.status.in_(ACTIVE_CHUNK_STATUSES), j.id == c.job_id,
+               j.status == JobStatus.IN_PROGRESS)
+        .values(status=ChunkStatus.RUNNING, started_at=func.coalesce(c.started_at, now),
                 lease_until=now + timedelta(seconds=lease_seconds))
-        .returning(col(Chunk.id))).first()
+        .returning(c.id)).first()
     return started is not None
 
 
@@ -217,9 +218,10 @@ def chunk_is_running(session: Session, chunk_id: int) -> bool:
 def enter_stage(session: Session, chunk_id: int, stage: ChunkStage,
                 start_timeout: int = DEFAULT_START_TIMEOUT) -> None:
     """The chunk now waits on ``stage``'s message, which must start within the bound."""
+    c = core.chunk.c
     session.execute(
-        update(Chunk)
-        .where(col(Chunk.id) == chunk_id, col(Chunk.status).in_(ACTIVE_CHUNK_STATUSES))
+        update(core.chunk)
+        .where(c.id == chunk_id, c.status.in_(ACTIVE_CHUNK_STATUSES))
         .values(stage=stage, lease_until=utcnow() + timedelta(seconds=start_timeout))
     )
 
@@ -228,9 +230,10 @@ def renew_leases(session: Session, chunk_ids: list[int], seconds: int) -> int:
     """Extend the leases of running chunks a worker still works on."""
     if not chunk_ids:
         return 0
+    c = core.chunk.c
     result = session.execute(
-        update(Chunk)
-        .where(col(Chunk.id).in_(chunk_ids), col(Chunk.status) == ChunkStatus.RUNNING)
+        update(core.chunk)
+        .where(c.id.in_(chunk_ids), c.status == ChunkStatus.RUNNING)
         .values(lease_until=utcnow() + timedelta(seconds=seconds))
     )
     return int(getattr(result, "rowcount", 0) or 0)
@@ -245,10 +248,11 @@ def finish_chunk(session: Session, chunk_id: int) -> str | None:
     chunks not yet running) never waits on a running chunk, so the two cannot deadlock.
     """
     session.flush()  # the stage's request updates, which the count below reads
+    c = core.chunk.c
     closed = session.execute(
-        update(Chunk).where(col(Chunk.id) == chunk_id, col(Chunk.status) == ChunkStatus.RUNNING)
+        update(core.chunk).where(c.id == chunk_id, c.status == ChunkStatus.RUNNING)
         .values(status=ChunkStatus.DONE, finished_at=utcnow(), lease_until=None)
-        .returning(col(Chunk.job_id))).first()
+        .returning(c.job_id)).first()
     if closed is None:
         return session.exec(select(Chunk.job_id).where(Chunk.id == chunk_id)).one_or_none()
     _count_closed(session, closed.job_id, [chunk_id])
@@ -286,17 +290,17 @@ def _count_closed(session: Session, job_id: str, chunk_ids: list[int]) -> None:
     """Add the outcome of chunks that just closed to their job: O(chunk) reads, one update
     of the job row (atomic, so concurrent chunk ends cannot lose a count). The job itself
     is read only when it may be finished."""
-    rows = session.exec(
-        select(Request.status, func.count()).where(col(Request.chunk_id).in_(chunk_ids))
-        .group_by(Request.status)
+    r, j = core.request.c, core.job.c
+    rows = session.execute(
+        select(r.status, func.count()).where(r.chunk_id.in_(chunk_ids)).group_by(r.status)
     ).all()
-    by_status = dict(rows)
+    by_status: dict[str, int] = {status: count for status, count in rows}
     left = session.execute(
-        update(Job).where(col(Job.id) == job_id).values(
-            completed=col(Job.completed) + by_status.get(RequestStatus.COMPLETED, 0),
-            failed=col(Job.failed) + by_status.get(RequestStatus.FAILED, 0),
-            chunks_left=col(Job.chunks_left) - len(chunk_ids),
-        ).returning(col(Job.chunks_left))
+        update(core.job).where(j.id == job_id).values(
+            completed=j.completed + by_status.get(RequestStatus.COMPLETED, 0),
+            failed=j.failed + by_status.get(RequestStatus.FAILED, 0),
+            chunks_left=j.chunks_left - len(chunk_ids),
+        ).returning(j.chunks_left)
     ).scalar_one_or_none()
     if left is not None and left <= 0:
         job = session.get(Job, job_id, populate_existing=True)

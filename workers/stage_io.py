@@ -10,7 +10,8 @@ from sqlalchemy import select as select_rows
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from db.models import Candidate, Request, RequestStatus
+from db import core
+from db.models import Request, RequestStatus
 from db.writes import bulk_update
 
 
@@ -28,11 +29,11 @@ def open_requests_of(session: Session, chunk_ids: list[int]) -> list[OpenRequest
     """The open requests of ``chunk_ids``, in id order, in one query."""
     if not chunk_ids:
         return []
+    r = core.request.c
     rows = session.execute(
-        select_rows(col(Request.id), col(Request.job_id), col(Request.instruction),
-                    col(Request.input))
-        .where(col(Request.chunk_id).in_(chunk_ids), col(Request.status) == RequestStatus.PENDING)
-        .order_by(col(Request.id))).all()
+        select_rows(r.id, r.job_id, r.instruction, r.input)
+        .where(r.chunk_id.in_(chunk_ids), r.status == RequestStatus.PENDING)
+        .order_by(r.id)).all()
     return [OpenRequest(*row) for row in rows]
 
 
@@ -62,11 +63,10 @@ def candidates_by_request(session: Session,
     found: dict[int, list[StoredCandidate]] = {rid: [] for rid in request_ids}
     if not request_ids:
         return found
+    k = core.candidate.c
     rows = session.execute(
-        select_rows(col(Candidate.id), col(Candidate.request_id), col(Candidate.model),
-                    col(Candidate.ok), col(Candidate.text), col(Candidate.error))
-        .where(col(Candidate.request_id).in_(request_ids))
-        .order_by(col(Candidate.request_id), col(Candidate.model))
+        select_rows(k.id, k.request_id, k.model, k.ok, k.text, k.error)
+        .where(k.request_id.in_(request_ids)).order_by(k.request_id, k.model)
     ).all()
     for row in rows:
         found[row.request_id].append(StoredCandidate(*row))
@@ -76,8 +76,8 @@ def candidates_by_request(session: Session,
 def candidate_texts(session: Session, candidate_ids: list[int]) -> dict[int, str]:
     if not candidate_ids:
         return {}
-    rows = session.execute(select_rows(col(Candidate.id), col(Candidate.text))
-                           .where(col(Candidate.id).in_(candidate_ids))).all()
+    k = core.candidate.c
+    rows = session.execute(select_rows(k.id, k.text).where(k.id.in_(candidate_ids))).all()
     return {candidate_id: text for candidate_id, text in rows}
 
 
@@ -102,9 +102,10 @@ def fail_requests(session: Session, requests: list[Request], reason: str) -> Non
 def fail_open(session: Session, request_ids: list[int], reason: str) -> None:
     """Fail the requests of ``request_ids`` that are still open, in one statement."""
     if request_ids:
+        r = core.request.c
         session.execute(
-            update(Request)
-            .where(col(Request.id).in_(request_ids), col(Request.status) == RequestStatus.PENDING)
+            update(core.request)
+            .where(r.id.in_(request_ids), r.status == RequestStatus.PENDING)
             .values(status=RequestStatus.FAILED, error=reason))
 
 

@@ -6,10 +6,11 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
-from sqlmodel import Session, col
+from sqlmodel import Session
 
+from db import core
 from db.engine import session_scope
-from db.models import Fusion, Job, Ranking, RequestStatus, utcnow
+from db.models import Fusion, Job, RequestStatus, utcnow
 from db.writes import insert_ignore
 from orchestration import lifecycle
 from orchestration.celery_app import FUSE_TASK, app
@@ -75,9 +76,9 @@ def _top_candidates(session: Session, requests: list[OpenRequest],
                     top_k: int) -> dict[int, list[tuple[int, str]]]:
     """(candidate id, text) of each request's best k, best first, from its ranking."""
     ids = [r.id for r in requests]
+    k = core.ranking.c
     rankings = session.execute(
-        select(col(Ranking.request_id), col(Ranking.entries))
-        .where(col(Ranking.request_id).in_(ids)).order_by(col(Ranking.id))).all()
+        select(k.request_id, k.entries).where(k.request_id.in_(ids)).order_by(k.id)).all()
     latest = {request_id: [e["candidate_id"] for e in entries[:top_k]]
               for request_id, entries in rankings}
     texts = candidate_texts(session, [cid for top in latest.values() for cid in top])

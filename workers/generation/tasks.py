@@ -9,8 +9,8 @@ from typing import Any
 
 import structlog
 from sqlalchemy import ColumnElement, exists, select, text
-from sqlmodel import col
 
+from db import core
 from db.engine import session_scope
 from db.models import (
     Candidate,
@@ -76,9 +76,9 @@ whole candidate table (10 ms a query on a 6,400-request job)."""
 
 def _open_without(model: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """Requests still open and without a candidate of ``model``."""
-    return (col(Request.status) == RequestStatus.PENDING,
-            ~exists().where(col(Candidate.request_id) == col(Request.id),
-                            col(Candidate.model) == model))
+    r, k = core.request.c, core.candidate.c
+    return (r.status == RequestStatus.PENDING,
+            ~exists().where(k.request_id == r.id, k.model == model))
 
 
 def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
@@ -93,7 +93,7 @@ def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
     # commits with a flush (db/engine.py session_scope).
     with session_scope(url, flush_wal=False) as session:
         if not session.execute(select(exists().where(
-                col(Request.chunk_id) == chunk_id, *_open_without(model)))).scalar():
+                core.request.c.chunk_id == chunk_id, *_open_without(model)))).scalar():
             # Another task gathered this chunk and stored its candidates (or the chunk
             # has no open request): only the chord part is left to count. Most messages
             # end here once generators gather.
@@ -150,11 +150,11 @@ def _gather_work(settings: Settings, model: str,
     generates only what its first run did not store), in one query; the own chunk (first)
     always, further chunks while the token estimate stays within the budget."""
     with session_scope(settings.database_url) as session:
+        r = core.request.c
         rows = session.execute(
-            select(col(Request.chunk_id), col(Request.id), col(Request.instruction),
-                   col(Request.input), col(Request.messages), col(Request.params))
-            .where(col(Request.chunk_id).in_(chunk_ids), *_open_without(model))
-            .order_by(col(Request.id))).all()
+            select(r.chunk_id, r.id, r.instruction, r.input, r.messages, r.params)
+            .where(r.chunk_id.in_(chunk_ids), *_open_without(model))
+            .order_by(r.id)).all()
     by_chunk: dict[int, list[Prompted]] = {}
     for chunk_id, *fields in rows:
         by_chunk.setdefault(chunk_id, []).append(Prompted(*fields))

@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 from sqlmodel import Session, col, select
 
+from db import core
 from db.engine import session_scope
 from db.models import (
     Chunk,
@@ -227,11 +228,10 @@ def _no_candidates_reason(candidates: list[StoredCandidate]) -> str:
 def _stored_logits(session: Session, request_ids: list[int],
                    revision: str) -> dict[int, dict[tuple[int, int], float]]:
     """Each request's stored logits by (candidate A, candidate B)."""
-    rows = session.exec(
-        select(Comparison.request_id, Comparison.candidate_a_id, Comparison.candidate_b_id,
-               Comparison.logit)
-        .where(col(Comparison.request_id).in_(request_ids),
-               Comparison.ranker_revision == revision)
+    k = core.comparison.c
+    rows = session.execute(
+        select(k.request_id, k.candidate_a_id, k.candidate_b_id, k.logit)
+        .where(k.request_id.in_(request_ids), k.ranker_revision == revision)
     ).all()
     found: dict[int, dict[tuple[int, int], float]] = {}
     for request_id, a, b, logit in rows:
