@@ -9,21 +9,22 @@ commit publishes the row again: delivery is at least once, and every task is ide
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import kombu.exceptions
 import structlog
 from celery import Celery
+from sqlalchemy import select as select_rows
 from sqlalchemy import text, update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
+from db import core
 from db.engine import is_postgres, session_scope
 from db.models import (
-    Chunk,
     ChunkStage,
     ChunkStatus,
-    Job,
     JobStatus,
     Outbox,
     OutboxStatus,
@@ -43,9 +44,6 @@ BROKER_DOWN: tuple[type[BaseException], ...] = (
     ConnectionError, OSError, kombu.exceptions.OperationalError)
 
 log = structlog.get_logger(__name__)
-Publisher = Callable[[Outbox], None]
-
-
 def add(session: Session, kind: str, payload: dict[str, Any], *, job_id: str | None = None,
         chunk_id: int | None = None, dedup_key: str | None = None,
         notify: bool = True) -> int | None:
@@ -64,8 +62,22 @@ def add(session: Session, kind: str, payload: dict[str, Any], *, job_id: str | N
     return ids[0] if ids else None
 
 
+@dataclass(frozen=True)
+class PendingRow:
+    """An outbox row as the relay reads it: a plain row, not an ORM object."""
+
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    job_id: str | None
+    chunk_id: int | None
+
+
+Publisher = Callable[[PendingRow], None]
+
+
 def celery_publisher(app: Celery) -> Publisher:
-    def publish(row: Outbox) -> None:
+    def publish(row: PendingRow) -> None:
         from_payload(app, row.payload).apply_async()
 
     return publish
@@ -80,27 +92,68 @@ def relay(session: Session, publish: Publisher, *, limit: int = 100,
     caller's transaction keeps what was sent before it. When the broker is unreachable the
     batch stops there; any other failure (a row that cannot be published) skips that row,
     and after MAX_ATTEMPTS the row is given up and its chunk's requests fail with the reason.
+    The batch is read in one statement and marked in one per outcome.
     """
-    query = select(Outbox).where(Outbox.status == OutboxStatus.PENDING)
+    o = core.outbox.c
+    query = select_rows(o.id, o.kind, o.payload, o.job_id, o.chunk_id).where(
+        o.status == OutboxStatus.PENDING)
     if only_id is not None:
-        query = query.where(Outbox.id == only_id)
-    rows = session.exec(
-        query.order_by(col(Outbox.id)).limit(limit).with_for_update(skip_locked=True)
-    ).all()
-    handled = 0
-    published: list[int] = []
+        query = query.where(o.id == only_id)
+    rows = [PendingRow(*found) for found in session.execute(
+        query.order_by(o.id).limit(limit).with_for_update(skip_locked=True))]
+    job_status = _job_statuses(session, [r.job_id for r in rows
+                                         if r.kind == KIND_CANVAS and r.job_id is not None])
+    sent: list[int] = []
+    dropped: list[int] = []
+    canvases: list[int] = []
     for row in rows:
-        try:
-            chunk_id = _relay_row(session, row, publish)
-        except BROKER_DOWN:
-            break
-        except Exception:
+        if row.kind == KIND_CANVAS and row.job_id is not None and (
+                job_status.get(row.job_id) != JobStatus.IN_PROGRESS):
+            dropped.append(row.id)
+            log.info("outbox.dropped", outbox_id=row.id, job_id=row.job_id,
+                     job_status=job_status.get(row.job_id))
             continue
-        handled += 1
-        if chunk_id is not None:
-            published.append(chunk_id)
-    _mark_dispatched(session, published, start_timeout)
-    return handled
+        try:
+            publish(row)
+        except Exception as exc:
+            _record_failure(session, row.id, exc)
+            if isinstance(exc, BROKER_DOWN):
+                break
+            continue
+        sent.append(row.id)
+        log.debug("outbox.sent", outbox_id=row.id, kind=row.kind, chunk_id=row.chunk_id)
+        if row.kind == KIND_CANVAS and row.chunk_id is not None:
+            canvases.append(row.chunk_id)
+    if dropped:
+        session.execute(update(core.outbox).where(o.id.in_(dropped))
+                        .values(status=OutboxStatus.DROPPED))
+    _mark_sent(session, sent)
+    _mark_dispatched(session, canvases, start_timeout)
+    return len(sent) + len(dropped)
+
+
+def _job_statuses(session: Session, job_ids: list[str]) -> dict[str, str]:
+    if not job_ids:
+        return {}
+    j = core.job.c
+    return {job_id: status for job_id, status in session.execute(
+        select(j.id, j.status).where(j.id.in_(sorted(set(job_ids)))))}
+
+
+def _record_failure(session: Session, outbox_id: int, exc: Exception) -> None:
+    row = session.get(Outbox, outbox_id)
+    assert row is not None
+    row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+    # Only tries that reached the broker count: an outage, however long, must not
+    # bring a row nearer to being given up.
+    if not isinstance(exc, BROKER_DOWN):
+        row.attempts += 1
+        if row.attempts >= MAX_ATTEMPTS:
+            _give_up(session, row)
+    session.add(row)
+    session.flush()
+    log.warning("outbox.publish_failed", outbox_id=row.id, attempts=row.attempts,
+                error=row.last_error)
 
 
 def _mark_dispatched(session: Session, chunk_ids: list[int], start_timeout: int) -> None:
@@ -110,9 +163,10 @@ def _mark_dispatched(session: Session, chunk_ids: list[int], start_timeout: int)
     being published used to wait on its row (seconds at the start of a large job)."""
     if not chunk_ids:
         return
+    c = core.chunk.c
     session.execute(
-        update(Chunk)
-        .where(col(Chunk.id).in_(chunk_ids), col(Chunk.status) == ChunkStatus.PENDING)
+        update(core.chunk)
+        .where(c.id.in_(chunk_ids), c.status == ChunkStatus.PENDING)
         .values(status=ChunkStatus.DISPATCHED, stage=ChunkStage.GENERATE,
                 lease_until=utcnow() + timedelta(seconds=start_timeout))
     )
@@ -146,52 +200,18 @@ def publish_now(database_url: str, app: Celery, queued: Iterable[tuple[int, dict
 
 
 def _claim_pending(session: Session, outbox_ids: list[int]) -> list[int]:
-    query = (select(Outbox.id)
-             .where(col(Outbox.id).in_(outbox_ids), Outbox.status == OutboxStatus.PENDING)
-             .order_by(col(Outbox.id)))
-    if is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    return [outbox_id for outbox_id in session.exec(query).all() if outbox_id is not None]
+    o = core.outbox.c
+    return list(session.execute(
+        select(o.id).where(o.id.in_(outbox_ids), o.status == OutboxStatus.PENDING)
+        .order_by(o.id).with_for_update(skip_locked=True)).scalars())
 
 
 def _mark_sent(session: Session, outbox_ids: list[int]) -> None:
     if outbox_ids:
+        o = core.outbox.c
         session.execute(
-            update(Outbox).where(col(Outbox.id).in_(outbox_ids))
-            .values(status=OutboxStatus.SENT, attempts=col(Outbox.attempts) + 1,
-                    published_at=utcnow()))
-
-
-def _relay_row(session: Session, row: Outbox, publish: Publisher) -> int | None:
-    """Publish one row and mark it sent; returns the chunk a canvas it sent belongs to."""
-    if row.kind == KIND_CANVAS and row.job_id is not None:
-        status = session.exec(select(Job.status).where(Job.id == row.job_id)).one_or_none()
-        if status != JobStatus.IN_PROGRESS:
-            row.status = OutboxStatus.DROPPED
-            session.add(row)
-            log.info("outbox.dropped", outbox_id=row.id, job_id=row.job_id, job_status=status)
-            return None
-    try:
-        publish(row)
-    except Exception as exc:
-        row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-        # Only tries that reached the broker count: an outage, however long, must not
-        # bring a row nearer to being given up.
-        if not isinstance(exc, BROKER_DOWN):
-            row.attempts += 1
-            if row.attempts >= MAX_ATTEMPTS:
-                _give_up(session, row)
-        session.add(row)
-        session.flush()
-        log.warning("outbox.publish_failed", outbox_id=row.id, attempts=row.attempts,
-                    error=row.last_error)
-        raise
-    row.attempts += 1
-    row.status = OutboxStatus.SENT
-    row.published_at = utcnow()
-    session.add(row)
-    log.debug("outbox.sent", outbox_id=row.id, kind=row.kind, chunk_id=row.chunk_id)
-    return row.chunk_id if row.kind == KIND_CANVAS else None
+            update(core.outbox).where(o.id.in_(outbox_ids))
+            .values(status=OutboxStatus.SENT, attempts=o.attempts + 1, published_at=utcnow()))
 
 
 def _give_up(session: Session, row: Outbox) -> None:

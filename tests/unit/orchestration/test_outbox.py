@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from db.models import Chunk, ChunkStatus, Job, JobStatus, Outbox, OutboxStatus, utcnow
 from orchestration import outbox
-from orchestration.outbox import KIND_CANVAS, KIND_SIGNATURE, add, relay
+from orchestration.outbox import KIND_CANVAS, KIND_SIGNATURE, PendingRow, add, relay
 
 
 class Recorder:
@@ -23,7 +23,7 @@ class Recorder:
         self.fail_on = fail_on or set()
         self.error = error
 
-    def __call__(self, row: Outbox) -> None:
+    def __call__(self, row: PendingRow) -> None:
         assert row.id is not None
         if row.id in self.fail_on:
             raise self.error(f"broker refused row {row.id}")
