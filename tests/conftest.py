@@ -4,8 +4,9 @@ that rolls back, and settings that point at them."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,28 @@ ADMIN_URL = os.environ.get("BLENDQ_TEST_ADMIN_URL", "postgresql://postgres@127.0
 BROKER_URL = os.environ.get("BLENDQ_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 MODEL_CACHE = Path(os.environ.get("BLENDQ_TEST_MODEL_CACHE",
                                   Path.home() / ".cache" / "blendq-test"))
+
+
+_manage_server = ExitStack()
+_manage_runs: list[object] = []
+
+
+def manage_runner(args: Sequence[str], cwd: Path, env: dict[str, str],
+                  timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python manage.py ARGS`` as ``Stack.manage`` runs it in the tests: forked from one
+    process of this run that has imported the command line (tests/manage_server.py), so a
+    command costs its own work and not 1.5 s of imports. Started on first use."""
+    from tests.manage_server import ManageServer, manage_server
+
+    if not _manage_runs:
+        _manage_runs.append(_manage_server.enter_context(manage_server(cwd)))
+    server = _manage_runs[0]
+    assert isinstance(server, ManageServer)
+    return server.run(args, cwd, env, timeout)
+
+
+def pytest_sessionfinish() -> None:
+    _manage_server.close()
 
 
 @contextmanager

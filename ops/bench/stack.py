@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,11 @@ ADMIN_URL = os.environ.get("BLENDQ_BENCH_ADMIN_URL",
 BROKER_HOST_URL = os.environ.get("BLENDQ_BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672")
 
 
+# ``manage.py ARGS`` run somehow: (args, cwd, env, timeout) -> what subprocess.run returns.
+ManageRunner = Callable[[Sequence[str], Path, dict[str, str], float],
+                        "subprocess.CompletedProcess[str]"]
+
+
 class StackError(AssertionError):
     """A process of the stack would not start or a command failed. An AssertionError, so
     pytest reports it as a failed check."""
@@ -46,11 +51,18 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # launched, not yet waited for: name -> (log, ready marker)
     _starting: dict[str, tuple[Path, str]] = field(default_factory=dict)
+    # How ``manage`` runs a command; None: ``python manage.py ARGS`` (the tests fork each
+    # command from a process that has imported the command line: tests/manage_server.py).
+    runner: ManageRunner | None = None
 
     def manage(self, *args: str, check: bool = True,
                timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env=self.env,
-                                capture_output=True, text=True, timeout=timeout)
+        if self.runner is not None:
+            result = self.runner(args, REPO, self.env, timeout)
+        else:
+            result = subprocess.run([sys.executable, "manage.py", *args], cwd=REPO,
+                                    env=self.env, capture_output=True, text=True,
+                                    timeout=timeout)
         if check and result.returncode != 0:
             raise StackError(f"manage.py {' '.join(args)} exited {result.returncode}:\n"
                              f"{result.stdout}\n{result.stderr}")

@@ -15,7 +15,7 @@ from kombu import Connection
 from ops.bench import stack as local
 from ops.bench.stack import GENERATORS, REPO, START_TIMEOUT, Stack
 from orchestration.settings import Settings
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, manage_runner
 
 __all__ = ["GENERATORS", "REPO", "START_TIMEOUT", "Stack", "private_vhost", "queue_exists",
            "running_stack"]
@@ -39,7 +39,8 @@ def running_stack(settings: Settings, name: str, logs: Path, *,
     in-process tests) sharing one would run each other's jobs.
 
     ``database_url`` (already migrated) and ``broker_url`` point the stack at servers the
-    caller owns (the restart fault tests); ``env`` adds settings for every process."""
+    caller owns (the restart fault tests); ``env`` adds settings for every process.
+    Its ``manage`` commands are forked from the run's manage server (``manage_runner``)."""
     with ExitStack() as owned:
         if database_url is None:
             database_url = owned.enter_context(fresh_database(f"_{name}"))
@@ -48,6 +49,7 @@ def running_stack(settings: Settings, name: str, logs: Path, *,
         try:
             with local.running_stack(settings, name, logs, database_url=database_url,
                                      broker_url=broker_url, env=env, start=start) as running:
+                running.runner = manage_runner
                 yield running
         finally:
             print(f"worker logs in {logs}")

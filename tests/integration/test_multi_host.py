@@ -22,7 +22,7 @@ from db.models import Candidate, Chunk, Ranking, Request
 from ops.bench import stack as local
 from ops.bench.stack import Stack, stored_counts, wait_for_job, write_prompts
 from orchestration.settings import Settings
-from tests.conftest import fresh_database
+from tests.conftest import fresh_database, manage_runner
 from tests.integration.conftest import private_vhost
 from tests.netns import TcpForwarder, can_make_namespaces, namespace_host
 
@@ -72,6 +72,7 @@ def test_generator_and_ranker_on_another_host_need_only_the_two_urls(
         host = owned.enter_context(local.running_stack(
             settings, "multihost", logs, database_url=database_url, broker_url=broker_url,
             start=False))
+        host.runner = manage_runner
         owned.callback(print, f"worker logs in {logs}")
         _register(host)
         assert "database" in host.manage("models", "list").stdout

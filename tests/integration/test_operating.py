@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ops.bench.stack import Stack, running_stack, wait_for_job, write_prompts
 from orchestration.settings import Settings
+from tests.conftest import manage_runner
 from tests.integration.api_server import ApiServer, free_port, running_api
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,7 @@ def fleet(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     logs = tmp_path_factory.mktemp("operating")
     env = {"BLENDQ_LOG_FORMAT": "json", "BLENDQ_METRICS_HOST": "127.0.0.1"}
     with running_stack(settings, "operating", logs, env=env, start=False) as stack:
+        stack.runner = manage_runner
         ports: dict[str, int] = {}
 
         def launch(name: str, *args: str, ready: str) -> None:
