@@ -124,21 +124,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="blendq-bench-pipeline-") as folder, \
             running_stack(settings, "pipeline", Path(folder), start=False) as stack:
         app = configure(stack.settings)
-        stack.start("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
+        # Each phase's processes start side by side (Stack.launch); the measured runs
+        # begin once all of them are ready.
+        stack.launch("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
         for queue in QUEUES:
-            stack.start(f"noop-{queue}", ready=" ready.", command=[
+            stack.launch(f"noop-{queue}", ready=" ready.", command=[
                 sys.executable, "-m", "ops.bench.pipeline", "noop-worker", "--queue", queue])
+        stack.wait_ready()
         _bare_chunks(app, 1, args.timeout)
         bare = _bare_chunks(app, chunks, args.timeout)
         print(f"bare canvas: {chunks} chunks in {bare:.2f}s", flush=True)
-        for queue in QUEUES:
-            stack.stop(f"noop-{queue}")
+        stack.stop(*(f"noop-{queue}" for queue in QUEUES))
 
         for model in GENERATORS:
-            stack.start(f"gen-{model}", "worker", "generate", "--model", model,
-                        ready=" ready.")
-        stack.start("rank", "worker", "rank", ready=" ready.")
-        stack.start("fuse", "worker", "fuse", ready=" ready.")
+            stack.launch(f"gen-{model}", "worker", "generate", "--model", model,
+                         ready=" ready.")
+        stack.launch("rank", "worker", "rank", ready=" ready.")
+        stack.launch("fuse", "worker", "fuse", ready=" ready.")
+        stack.wait_ready()
         _full_job(stack, args.chunk_size, args.chunk_size, Path(folder), args.timeout)
         full = _full_job(stack, args.requests, args.chunk_size, Path(folder), args.timeout)
         print(f"full pipeline: {args.requests} requests in {full:.2f}s", flush=True)
