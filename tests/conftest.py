@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from celery import Celery
 from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
 from orchestration.settings import Settings
@@ -32,8 +33,10 @@ MODEL_CACHE = Path(os.environ.get("BLENDQ_TEST_MODEL_CACHE",
                                   Path.home() / ".cache" / "blendq-test"))
 
 
-_manage_server = ExitStack()
+# What the run keeps until it ends: the manage server, the migrated template database.
+_run_resources = ExitStack()
 _manage_runs: list[object] = []
+_templates: list[str] = []
 
 
 def manage_runner(args: Sequence[str], cwd: Path, env: dict[str, str],
@@ -44,29 +47,51 @@ def manage_runner(args: Sequence[str], cwd: Path, env: dict[str, str],
     from tests.manage_server import ManageServer, manage_server
 
     if not _manage_runs:
-        _manage_runs.append(_manage_server.enter_context(manage_server(cwd)))
+        _manage_runs.append(_run_resources.enter_context(manage_server(cwd)))
     server = _manage_runs[0]
     assert isinstance(server, ManageServer)
     return server.run(args, cwd, env, timeout)
 
 
 def pytest_sessionfinish() -> None:
-    _manage_server.close()
+    _run_resources.close()
+
+
+def _migrated_template() -> str:
+    """A database migrated once for the run, with the same command admins use; each fresh
+    database is a copy of it (CREATE DATABASE … TEMPLATE), not a migration of its own."""
+    from ops.bench.stack import fresh_database as migrated
+
+    if not _templates:
+        try:
+            psycopg.connect(ADMIN_URL, autocommit=True).close()
+        except psycopg.OperationalError as exc:  # pragma: no cover - a broken machine
+            pytest.fail(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}. Run .ci/run or "
+                        "ops/scripts/services.sh first.")
+        name = f"blendq_test_{os.getpid()}_template"
+        _run_resources.enter_context(migrated(name, ADMIN_URL))
+        _templates.append(name)
+    return _templates[0]
 
 
 @contextmanager
 def fresh_database(suffix: str = "") -> Iterator[str]:
-    """A new database migrated with the same command admins use, dropped afterwards."""
-    from ops.bench.stack import fresh_database as migrated
+    """A new database, migrated (a copy of the run's migrated template), dropped
+    afterwards."""
+    from db.engine import dispose_engines
 
+    template = _migrated_template()
     name = f"blendq_test_{os.getpid()}{suffix}"
+    url = make_url(ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     try:
-        psycopg.connect(ADMIN_URL, autocommit=True).close()
-    except psycopg.OperationalError as exc:  # pragma: no cover - a broken machine
-        pytest.fail(f"PostgreSQL is not reachable at {ADMIN_URL}: {exc}. Run .ci/run or "
-                    "ops/scripts/services.sh first.")
-    with migrated(name, ADMIN_URL) as url:
-        yield url
+        yield url.render_as_string(hide_password=False)
+    finally:
+        dispose_engines()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
