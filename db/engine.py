@@ -75,9 +75,8 @@ def session_scope(url: str, *, flush_wal: bool = True) -> Iterator[Session]:
     """
     session = Session(get_engine(url), expire_on_commit=False)
     try:
-        if not flush_wal and is_postgres(session):
-            # On the connection: a session.execute of its own cost as much as a query.
-            session.connection().exec_driver_sql("SET LOCAL synchronous_commit = off")
+        if not flush_wal:
+            skip_flush_wait(session)
         yield session
         session.commit()
     except BaseException:
@@ -85,6 +84,14 @@ def session_scope(url: str, *, flush_wal: bool = True) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def skip_flush_wait(session: Session) -> None:
+    """This transaction of ``session`` commits without waiting for the WAL to reach disk
+    (see :func:`session_scope`); may be called at any point before the commit."""
+    if is_postgres(session):
+        # On the connection: a session.execute of its own cost as much as a query.
+        session.connection().exec_driver_sql("SET LOCAL synchronous_commit = off")
 
 
 def is_postgres(session: Session) -> bool:

@@ -16,8 +16,10 @@ Task results are not stored: every stage writes its output to its own tables.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -125,6 +127,65 @@ def _with_retries(action: Callable[[], int | None], attempts: int = 8,
     return None
 
 
+# Parts that their task counted in its own last transaction (OwnPart), by task id, with
+# the outbox row of the body when that part completed the chord: Celery's call after the
+# task (on_chord_part_return) then only publishes it.
+_counted_by_task: dict[str, tuple[int, dict[str, Any]] | None] = {}
+_counted_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _Part:
+    group_id: str
+    task_id: str
+    payload: dict[str, Any]
+    job_id: str | None
+    chunk_id: int | None
+    size_hint: int | None
+
+
+def _part_of(app: Any, request: Any) -> _Part | None:
+    """What a header task's request says of its chord; None outside a chord."""
+    group_id, body = request.group, request.chord
+    if not group_id or not body:
+        return None
+    kwargs = request.kwargs or {}
+    return _Part(group_id=group_id, task_id=request.id,
+                 payload=to_payload(app.signature(body)), job_id=kwargs.get("job_id"),
+                 chunk_id=kwargs.get("chunk_id"),
+                 size_hint=body.get("chord_size") if isinstance(body, dict) else None)
+
+
+def _record(session: Session, part: _Part, state: str, start_timeout: int) -> int | None:
+    return record_part(session, part.group_id, part.task_id, state, part.payload,
+                       job_id=part.job_id, size_hint=part.size_hint, chunk_id=part.chunk_id,
+                       start_timeout=start_timeout)
+
+
+class OwnPart:
+    """A header task's chord part, counted in the task's own last transaction instead of
+    one of its own after the task: a generate message whose chunk another task gathered
+    ends in one transaction. Only for a task about to succeed: count in the transaction,
+    then call :meth:`committed` once it has committed."""
+
+    def __init__(self, app: Any, request: Any, start_timeout: int) -> None:
+        self._part = _part_of(app, request)
+        self._start_timeout = start_timeout
+        self._outbox_id: int | None = None
+
+    def count(self, session: Session) -> None:
+        if self._part is not None:
+            self._outbox_id = _record(session, self._part, states.SUCCESS,
+                                      self._start_timeout)
+
+    def committed(self) -> None:
+        if self._part is None:
+            return
+        done = None if self._outbox_id is None else (self._outbox_id, self._part.payload)
+        with _counted_lock:
+            _counted_by_task[self._part.task_id] = done
+
+
 class PostgresChordBackend(BaseBackend):
     supports_native_join = False
 
@@ -157,28 +218,25 @@ class PostgresChordBackend(BaseBackend):
         with session_scope(self._url()) as session:
             set_size(session, group_id, chord_size)
 
-    def _record(self, group_id: str, task_id: str, state: str, payload: dict[str, Any],
-                job_id: str | None, hint: int | None, chunk_id: int | None) -> int | None:
-        settings = self.app.conf.blendq_settings
-        with session_scope(self._url()) as session:
-            return record_part(session, group_id, task_id, state, payload, job_id=job_id,
-                               size_hint=hint, chunk_id=chunk_id,
-                               start_timeout=settings.chunk_start_timeout)
-
     def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> None:
-        group_id = request.group
-        body = request.chord
-        if not group_id or not body:
+        with _counted_lock:
+            counted = request.id in _counted_by_task
+            done = _counted_by_task.pop(request.id, None)
+        if not counted:
+            part = _part_of(self.app, request)
+            if part is None:
+                return
+            start_timeout = self.app.conf.blendq_settings.chunk_start_timeout
+
+            def count() -> int | None:
+                with session_scope(self._url()) as session:
+                    return _record(session, part, state, start_timeout)
+
+            outbox_id = _with_retries(count)
+            done = None if outbox_id is None else (outbox_id, part.payload)
+        if done is None:
             return
-        hint = body.get("chord_size") if isinstance(body, dict) else None
-        job_id = (request.kwargs or {}).get("job_id")
-        chunk_id = (request.kwargs or {}).get("chunk_id")
-        payload = to_payload(self.app.signature(body))
-        outbox_id = _with_retries(lambda: self._record(group_id, request.id, state, payload,
-                                                       job_id, hint, chunk_id))
-        if outbox_id is None:
-            return
-        log.info("chord.complete", group_id=group_id, outbox_id=outbox_id)
+        log.info("chord.complete", group_id=request.group, outbox_id=done[0])
         # Queued already; if this publish fails, the dispatcher sends it.
-        outbox.publish_now(self._url(), self.app, [(outbox_id, payload)],
+        outbox.publish_now(self._url(), self.app, [done],
                            self.app.conf.blendq_settings.chunk_start_timeout)

@@ -11,7 +11,7 @@ import structlog
 from sqlalchemy import ColumnElement, exists, select, text
 
 from db import core
-from db.engine import session_scope
+from db.engine import session_scope, skip_flush_wait
 from db.models import (
     Candidate,
     ChunkStage,
@@ -24,6 +24,7 @@ from db.models import (
 from db.writes import insert_ignore
 from orchestration import lifecycle
 from orchestration.celery_app import GENERATE_TASK, app
+from orchestration.chord_backend import OwnPart
 from orchestration.registry import ModelEntry, RegistryError, get_registry
 from orchestration.settings import Settings
 from workers import claims, leases
@@ -82,26 +83,36 @@ def _open_without(model: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]
 
 
 def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
-                   deadline: Deadline | None = None) -> dict[str, int]:
+                   deadline: Deadline | None = None,
+                   own_part: OwnPart | None = None) -> dict[str, int]:
     """Generate ``model``'s candidates for the chunk and, in the same backend call, for
     up to ``gen_gather_chunks`` further chunks waiting on gen.<model> (workers/claims.py),
     within ``gen_token_budget``. Rows are written per chunk; the gathered chunks' own
-    messages find them stored and only count their chord part."""
+    messages find them stored and only count their chord part (``own_part``: in the
+    transaction that finds nothing left)."""
     deadline = deadline or Deadline(settings.task_time_limit)
     url = settings.database_url
-    # Commits here need not wait for the disk: the chord part counted after this task
-    # commits with a flush (db/engine.py session_scope).
-    with session_scope(url, flush_wal=False) as session:
-        if not session.execute(select(exists().where(
-                core.request.c.chunk_id == chunk_id, *_open_without(model)))).scalar():
-            # Another task gathered this chunk and stored its candidates (or the chunk
-            # has no open request): only the chord part is left to count. Most messages
-            # end here once generators gather.
-            log.info("generate.nothing_left", model=model)
-            return {"generated": 0, "failed": 0, "chunks": 0}
-        if not lifecycle.start_chunk(session, chunk_id, settings.chunk_lease_seconds):
-            log.info("generate.skipped", model=model)
-            return {"generated": 0, "failed": 0, "chunks": 0}
+    started = False
+    with session_scope(url) as session:
+        nothing_left = not session.execute(select(exists().where(
+            core.request.c.chunk_id == chunk_id, *_open_without(model)))).scalar()
+        if nothing_left and own_part is not None:
+            own_part.count(session)  # committed with a flush: the hand-off to ranking
+        elif not nothing_left:
+            # Starting needs no flush: the chord part counted at the end does one.
+            skip_flush_wait(session)
+            started = lifecycle.start_chunk(session, chunk_id, settings.chunk_lease_seconds)
+    if nothing_left:
+        # Another task gathered this chunk and stored its candidates (or the chunk has no
+        # open request): only the chord part was left to count. Most messages end here
+        # once generators gather.
+        if own_part is not None:
+            own_part.committed()
+        log.info("generate.nothing_left", model=model)
+        return {"generated": 0, "failed": 0, "chunks": 0}
+    if not started:
+        log.info("generate.skipped", model=model)
+        return {"generated": 0, "failed": 0, "chunks": 0}
     with claims.claim_chunks(url, claims.namespace(f"gen:{model}"), chunk_id, GEN_WAITING,
                              {"model": model}, settings.gen_gather_chunks,
                              wait_own=False) as claim:
@@ -262,4 +273,5 @@ def _row(request: Prompted, model: str, revision: str, params: dict[str, Any], *
 
 @app.task(name=GENERATE_TASK, base=BlendqTask, bind=True)
 def generate(self: BlendqTask, *, job_id: str, chunk_id: int, model: str) -> dict[str, int]:
-    return generate_chunk(self.settings, job_id, chunk_id, model)
+    return generate_chunk(self.settings, job_id, chunk_id, model, own_part=OwnPart(
+        self.app, self.request, self.settings.chunk_start_timeout))

@@ -7,11 +7,15 @@ import uuid
 from typing import Any
 
 import pytest
+from celery import Celery
+from celery.app.task import Context
 from sqlalchemy import create_engine, delete, func
 from sqlmodel import Session, col, select
 
 from db.models import Chord, ChordPart, Outbox, OutboxStatus
-from orchestration.chord_backend import record_part, set_size
+from orchestration import chord_backend
+from orchestration.canvas import rank_signature
+from orchestration.chord_backend import OwnPart, record_part, set_size
 from orchestration.outbox import KIND_SIGNATURE
 
 BODY: dict[str, Any] = {"task": "celery.chain", "args": [], "kwargs": {"tasks": [
@@ -214,3 +218,41 @@ def test_counting_waits_out_a_database_that_is_briefly_away() -> None:
 
     with pytest.raises(sqlalchemy.exc.OperationalError):
         _with_retries(down, attempts=3, first_wait=0.01)
+
+
+def test_a_part_its_task_counted_is_published_after_the_task(pg_url: str,
+                                                             celery_app: Celery) -> None:
+    """A generate message that finds its chunk done counts its part in its own transaction
+    (OwnPart); Celery's call after the task then publishes the body that part queued,
+    without counting again."""
+    engine = create_engine(pg_url)
+    group_id = str(uuid.uuid4())
+    body = rank_signature(celery_app, "job_c", 0)
+    first = Context(id="t1", group=group_id, chord=dict(body), kwargs={"job_id": "job_c"})
+    second = Context(id="t2", group=group_id, chord=dict(body), kwargs={"job_id": "job_c"})
+    try:
+        with Session(engine) as setup:
+            set_size(setup, group_id, 2)
+            setup.commit()
+        celery_app.backend.on_chord_part_return(first, "SUCCESS", None)
+        own = OwnPart(celery_app, second, start_timeout=300)
+        with Session(engine) as session:
+            own.count(session)
+            session.commit()
+        own.committed()
+        with Session(engine) as check:
+            [queued] = body_rows(check, group_id)
+            assert queued.status == OutboxStatus.PENDING  # counted, not yet published
+        celery_app.backend.on_chord_part_return(second, "SUCCESS", None)
+        with Session(engine) as check:
+            [sent] = body_rows(check, group_id)
+            assert sent.status == OutboxStatus.SENT and sent.id == queued.id
+            assert parts_counted(check, group_id) == 2
+        assert "t2" not in chord_backend._counted_by_task
+    finally:
+        with Session(engine) as cleanup:
+            cleanup.execute(delete(Outbox).where(col(Outbox.dedup_key) == f"chord:{group_id}"))
+            cleanup.execute(delete(ChordPart).where(col(ChordPart.group_id) == group_id))
+            cleanup.execute(delete(Chord).where(col(Chord.group_id) == group_id))
+            cleanup.commit()
+        engine.dispose()
