@@ -37,8 +37,10 @@ def insert_ignore(
     # RETURNING with executemany is not portable; one statement per row is fine at the
     # sizes that ask for it (chunks, outbox rows).
     inserted = []
+    with_returning = stmt.returning(table.c[returning])
     for row in rows:
-        value = session.execute(stmt.values(**row).returning(table.c[returning])).scalar()
+        # Values as parameters, not .values(**row): one statement object for all rows.
+        value = session.execute(with_returning, dict(row)).scalar()
         if value is not None:
             inserted.append(value)
     return inserted

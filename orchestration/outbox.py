@@ -9,9 +9,8 @@ commit publishes the row again: delivery is at least once, and every task is ide
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import kombu.exceptions
 import structlog
@@ -62,8 +61,7 @@ def add(session: Session, kind: str, payload: dict[str, Any], *, job_id: str | N
     return ids[0] if ids else None
 
 
-@dataclass(frozen=True)
-class PendingRow:
+class PendingRow(NamedTuple):
     """An outbox row as the relay reads it: a plain row, not an ORM object."""
 
     id: int

@@ -3,8 +3,7 @@ updates they end with."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select as select_rows
 from sqlalchemy import update
@@ -15,8 +14,7 @@ from db.models import Request, RequestStatus
 from db.writes import bulk_update
 
 
-@dataclass(frozen=True)
-class OpenRequest:
+class OpenRequest(NamedTuple):
     """What ranking reads of a request: a plain row, not an ORM object."""
 
     id: int
@@ -45,8 +43,7 @@ def open_requests(session: Session, chunk_id: int) -> list[Request]:
     ).all())
 
 
-@dataclass(frozen=True)
-class StoredCandidate:
+class StoredCandidate(NamedTuple):
     """What ranking reads of a candidate: a plain row, not an ORM object."""
 
     id: int

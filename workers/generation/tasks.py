@@ -4,8 +4,7 @@ gathers further chunks of the same model waiting on that queue into one backend 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from sqlalchemy import ColumnElement, exists, select, text
@@ -143,8 +142,7 @@ def _start_gathered(settings: Settings, chunk_ids: list[int]) -> list[int]:
         return lifecycle.start_chunks(session, chunk_ids, settings.chunk_lease_seconds)
 
 
-@dataclass(frozen=True)
-class Prompted:
+class Prompted(NamedTuple):
     """What generation reads of a request: a plain row, not an ORM object (a gathered
     call reads a thousand of them)."""
 
