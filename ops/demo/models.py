@@ -236,21 +236,57 @@ def train_minilm_ranker(recipe: RankerRecipe = DEMO_RANKER,
 
 @contextmanager
 def spare_cpu_threads() -> Iterator[int]:
-    """Torch threads for the cores other processes leave idle (by the load average).
+    """Torch threads for the cores other processes leave idle.
 
     On a shared 2-core machine, two threads next to one busy process trained 7 times
     slower than one thread (2.3 against 16 pairs per second): the threads wait on each
     other's descheduled turns. Idle, two are about 1.4 times faster than one.
+
+    What other processes use is the larger of what the cores do now (a short sample,
+    while this process waits) and the load average less this process's own share: the
+    average counts this process too, so a process that had been busy (a test run, a
+    build) read its own work as another's and always took one thread.
     """
     import torch
 
     before = torch.get_num_threads()
-    busy = round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
-    torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - busy)))
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, min(before, cores - _busy_cores())))
     try:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def _busy_cores(sample: float = 0.3) -> int:
+    """Cores other processes keep busy, as a whole number."""
+    average = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    now = _busy_now(sample)
+    if now is None:  # no /proc/stat: the load average alone, as before
+        return round(average)
+    return max(round(now), round(average) - 1)
+
+
+def _busy_now(sample: float) -> float | None:
+    """Cores busy over ``sample`` seconds (this process sleeps meanwhile), from /proc/stat."""
+
+    def times() -> tuple[int, int] | None:
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return None
+        values = [int(v) for v in fields]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values[:8]) - idle, sum(values[:8])
+
+    first = times()
+    if first is None:
+        return None
+    time.sleep(sample)
+    second = times()
+    if second is None or second[1] == first[1]:
+        return None
+    return (second[0] - first[0]) / (second[1] - first[1]) * (os.cpu_count() or 1)
 
 
 def _build_minilm_ranker(out: Path, recipe: RankerRecipe,
