@@ -74,6 +74,30 @@ class PendingRow(NamedTuple):
 Publisher = Callable[[PendingRow], None]
 
 
+class Queued(NamedTuple):
+    """A message for :func:`add_many`."""
+
+    payload: dict[str, Any]
+    job_id: str | None = None
+    chunk_id: int | None = None
+    dedup_key: str | None = None
+
+
+def add_many(session: Session, kind: str, messages: list[Queued]) -> None:
+    """Queue several messages in one statement (a COPY on PostgreSQL, see
+    db/writes.py) and wake the dispatcher once; as with :func:`add`, a message whose dedup
+    key is taken is skipped."""
+    if not messages:
+        return
+    now = utcnow()
+    insert_ignore(session, Outbox, [
+        {"kind": kind, "payload": m.payload, "job_id": m.job_id, "chunk_id": m.chunk_id,
+         "dedup_key": m.dedup_key, "status": OutboxStatus.PENDING, "attempts": 0,
+         "created_at": now} for m in messages])
+    if is_postgres(session):
+        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
 def celery_publisher(app: Celery) -> Publisher:
     def publish(row: PendingRow) -> None:
         from_payload(app, row.payload).apply_async()

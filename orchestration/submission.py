@@ -9,10 +9,12 @@ from typing import Any
 
 import structlog
 from celery import Celery
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from db.models import Chunk, Job, JobStatus, Request, RequestStatus, utcnow
+from db import core
+from db.models import ChunkStage, ChunkStatus, Job, JobStatus, Request, RequestStatus, utcnow
 from db.writes import copy_insert_ignore
 from orchestration import outbox
 from orchestration.canvas import chunk_canvas, to_payload
@@ -178,27 +180,38 @@ def _settle(job: Job, validation: ValidationResult, now: datetime) -> None:
 
 def _store_requests(session: Session, app: Celery, job: Job, validation: ValidationResult,
                     options: JobOptions) -> None:
-    size = options.chunk_size
+    """The job's chunks in one statement, its requests in one COPY (the job is new: no row
+    can conflict; column names, so the caller's metadata goes to "metadata") and its
+    canvases in one: a 50,000-line job was 782 rounds of four statements."""
     parsed = validation.requests
-    for index, (start, end) in enumerate(chunk_bounds(len(parsed), size)):
-        part = parsed[start:end]
-        chunk = Chunk(job_id=job.id, index=index, size=len(part))
-        session.add(chunk)
-        session.flush()
-        assert chunk.id is not None
-        # One COPY a chunk on PostgreSQL (the job is new: no row can conflict); column
-        # names, so the caller's metadata goes to "metadata".
-        copy_insert_ignore(session, Request, [
-            {"job_id": job.id, "chunk_id": chunk.id, "line_no": p.line_no,
-             "custom_id": p.custom_id, "instruction": p.instruction, "input": p.input,
-             "messages": p.messages, "params": p.params, "metadata": p.metadata,
-             "status": RequestStatus.PENDING}
-            for p in part
-        ])
-        job.chunks_left += 1
-        canvas = chunk_canvas(app, job.id, chunk.id, options.models)
-        outbox.add(session, outbox.KIND_CANVAS, to_payload(canvas), job_id=job.id,
-                   chunk_id=chunk.id, dedup_key=f"chunk:{chunk.id}")
+    bounds = chunk_bounds(len(parsed), options.chunk_size)
+    if not bounds:
+        return
+    session.flush()  # the job row, which the chunks refer to
+    chunk_ids = _insert_chunks(session, job.id, [end - start for start, end in bounds])
+    copy_insert_ignore(session, Request, [
+        {"job_id": job.id, "chunk_id": chunk_id, "line_no": p.line_no,
+         "custom_id": p.custom_id, "instruction": p.instruction, "input": p.input,
+         "messages": p.messages, "params": p.params, "metadata": p.metadata,
+         "status": RequestStatus.PENDING}
+        for chunk_id, (start, end) in zip(chunk_ids, bounds, strict=True)
+        for p in parsed[start:end]
+    ])
+    job.chunks_left += len(bounds)
+    outbox.add_many(session, outbox.KIND_CANVAS, [
+        outbox.Queued(to_payload(chunk_canvas(app, job.id, chunk_id, options.models)),
+                      job_id=job.id, chunk_id=chunk_id, dedup_key=f"chunk:{chunk_id}")
+        for chunk_id in chunk_ids])
+
+
+def _insert_chunks(session: Session, job_id: str, sizes: list[int]) -> list[int]:
+    """New pending chunks of ``sizes``, their ids in index order."""
+    c = core.chunk.c
+    rows = [{"job_id": job_id, "index": index, "size": size, "status": ChunkStatus.PENDING,
+             "stage": ChunkStage.GENERATE, "sweeps": 0, "epoch": 0}
+            for index, size in enumerate(sizes)]
+    return list(session.execute(
+        insert(core.chunk).returning(c.id, sort_by_parameter_order=True), rows).scalars())
 
 
 def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
