@@ -63,7 +63,7 @@ def candidates_by_request(session: Session,
     k = core.candidate.c
     rows = session.execute(
         select_rows(k.id, k.request_id, k.model, k.ok, k.text, k.error)
-        .where(k.request_id.in_(request_ids)).order_by(k.request_id, k.model)
+        .where(core.among(session, k.request_id, request_ids)).order_by(k.request_id, k.model)
     ).all()
     for row in rows:
         found[row.request_id].append(StoredCandidate(*row))
@@ -74,7 +74,8 @@ def candidate_texts(session: Session, candidate_ids: list[int]) -> dict[int, str
     if not candidate_ids:
         return {}
     k = core.candidate.c
-    rows = session.execute(select_rows(k.id, k.text).where(k.id.in_(candidate_ids))).all()
+    rows = session.execute(select_rows(k.id, k.text)
+                           .where(core.among(session, k.id, candidate_ids))).all()
     return {candidate_id: text for candidate_id, text in rows}
 
 

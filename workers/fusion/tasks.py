@@ -78,7 +78,8 @@ def _top_candidates(session: Session, requests: list[OpenRequest],
     ids = [r.id for r in requests]
     k = core.ranking.c
     rankings = session.execute(
-        select(k.request_id, k.entries).where(k.request_id.in_(ids)).order_by(k.id)).all()
+        select(k.request_id, k.entries).where(core.among(session, k.request_id, ids))
+        .order_by(k.id)).all()
     latest = {request_id: [e["candidate_id"] for e in entries[:top_k]]
               for request_id, entries in rankings}
     texts = candidate_texts(session, [cid for top in latest.values() for cid in top])

@@ -231,7 +231,7 @@ def _stored_logits(session: Session, request_ids: list[int],
     k = core.comparison.c
     rows = session.execute(
         select(k.request_id, k.candidate_a_id, k.candidate_b_id, k.logit)
-        .where(k.request_id.in_(request_ids), k.ranker_revision == revision)
+        .where(core.among(session, k.request_id, request_ids), k.ranker_revision == revision)
     ).all()
     found: dict[int, dict[tuple[int, int], float]] = {}
     for request_id, a, b, logit in rows:
