@@ -18,6 +18,9 @@ database and RabbitMQ vhost. One warm-up job of one chunk runs first. Printed:
   chunks to finish, and their ratio: costs that grew with the job would show here;
 - CPU seconds each kind of process spent during the job (workers, dispatcher,
   PostgreSQL, RabbitMQ): where the cores went.
+
+Workers send task events as they do by default (for Flower); ``BLENDQ_TASK_EVENTS=false``
+in the environment measures a fleet without them.
 """
 
 from __future__ import annotations
@@ -176,7 +179,8 @@ def main() -> None:
     workers = 3 * args.replicas + 2 * args.replicas
     print(f"\n{args.requests} requests, chunks of {args.chunk_size}, {len(MODELS)} null "
           f"generators x {args.replicas}, {args.replicas} rank, {args.replicas} fuse "
-          f"({workers} workers), one dispatcher; rows {counts}")
+          f"({workers} workers), one dispatcher; task events "
+          f"{'on' if settings.task_events else 'off'} (BLENDQ_TASK_EVENTS); rows {counts}")
     print(f"submission (parse, validate, store):  {submitted:8.2f} s")
     print(f"end to end (created → completed):     {seconds:8.2f} s  "
           f"{args.requests / seconds:8.1f} requests/s")
