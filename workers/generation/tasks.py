@@ -117,8 +117,7 @@ def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
                              wait_own=False) as claim:
         own = [chunk_id] if chunk_id in claim.chunks else []
         others = [c for c in claim.chunks if c != chunk_id]
-        outcome = _generate_chunks(settings, model, chunk_id,
-                                   own + _start_gathered(settings, others), deadline)
+        outcome = _generate_chunks(settings, model, chunk_id, own, deadline, gathered=others)
         if chunk_id not in claim.chunks:
             # Another replica had this chunk: what it left (usually nothing) comes now.
             claim.wait_for(chunk_id)
@@ -128,18 +127,15 @@ def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
 
 
 def _generate_chunks(settings: Settings, model: str, own: int, chunk_ids: list[int],
-                     deadline: Deadline) -> dict[str, int]:
-    with leases.holding(settings, chunk_ids):
-        work = _gather_work(settings, model, chunk_ids)
+                     deadline: Deadline, gathered: list[int] | None = None) -> dict[str, int]:
+    """Generate for ``chunk_ids`` (started already) and the claimed ``gathered`` chunks,
+    which start in the transaction that reads the work."""
+    with leases.holding(settings, chunk_ids + (gathered or [])):
+        work = _gather_work(settings, model, chunk_ids, gathered or [])
         if not work:
             return {"generated": 0, "failed": 0, "chunks": 0}
         rows = _generate(settings, model, [r for _, todo in work for r in todo], deadline)
         return _store(settings.database_url, own, model, work, rows)
-
-
-def _start_gathered(settings: Settings, chunk_ids: list[int]) -> list[int]:
-    with session_scope(settings.database_url, flush_wal=False) as session:
-        return lifecycle.start_chunks(session, chunk_ids, settings.chunk_lease_seconds)
 
 
 class Prompted(NamedTuple):
@@ -153,12 +149,17 @@ class Prompted(NamedTuple):
     params: dict[str, Any]
 
 
-def _gather_work(settings: Settings, model: str,
-                 chunk_ids: list[int]) -> list[tuple[int, list[Prompted]]]:
+def _gather_work(settings: Settings, model: str, chunk_ids: list[int],
+                 gathered: list[int]) -> list[tuple[int, list[Prompted]]]:
     """Each chunk's requests still without a candidate of ``model`` (a redelivered task
     generates only what its first run did not store), in one query; the own chunk (first)
-    always, further chunks while the token estimate stays within the budget."""
+    always, further chunks while the token estimate stays within the budget. The claimed
+    ``gathered`` chunks start in the same transaction; those that cannot are left out."""
     with session_scope(settings.database_url) as session:
+        if gathered:
+            skip_flush_wait(session)  # the chord part counted at the end flushes
+            chunk_ids = chunk_ids + lifecycle.start_chunks(session, gathered,
+                                                           settings.chunk_lease_seconds)
         r = core.request.c
         rows = session.execute(
             select(r.chunk_id, r.id, r.instruction, r.input, r.messages, r.params)
