@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, text, update
+from sqlalchemy import DateTime, bindparam, func, text, update
 from sqlmodel import Session, col, select
 
 from db import core
@@ -248,15 +248,30 @@ def finish_chunk(session: Session, chunk_id: int) -> str | None:
     chunks not yet running) never waits on a running chunk, so the two cannot deadlock.
     """
     session.flush()  # the stage's request updates, which the count below reads
-    c = core.chunk.c
-    closed = session.execute(
-        update(core.chunk).where(c.id == chunk_id, c.status == ChunkStatus.RUNNING)
-        .values(status=ChunkStatus.DONE, finished_at=utcnow(), lease_until=None)
-        .returning(c.job_id)).first()
+    closed = session.execute(_FINISH, {"chunk_id": chunk_id, "now": utcnow()}).first()
     if closed is None:
         return session.exec(select(Chunk.job_id).where(Chunk.id == chunk_id)).one_or_none()
     _count_closed(session, closed.job_id, [chunk_id])
     return str(closed.job_id)
+
+
+# Hot statements as text: an expression built per call, and its cache key, cost as much
+# CPU as running it (a fusion worker spent a sixth of its time building these two).
+_FINISH = text(f"""
+UPDATE chunk SET status = '{ChunkStatus.DONE}', finished_at = :now, lease_until = NULL
+WHERE id = :chunk_id AND status = '{ChunkStatus.RUNNING}'
+RETURNING job_id
+""").bindparams(bindparam("now", type_=DateTime(timezone=True)))
+
+_OUTCOMES = text("SELECT status, count(*) FROM request WHERE chunk_id IN :chunk_ids "
+                 "GROUP BY status").bindparams(bindparam("chunk_ids", expanding=True))
+
+_MOVE_COUNTS = text("""
+UPDATE job SET completed = completed + :completed, failed = failed + :failed,
+               chunks_left = chunks_left - :chunks
+WHERE id = :job_id
+RETURNING chunks_left
+""")
 
 
 def abandon_chunk(session: Session, chunk_id: int, reason: str) -> None:
@@ -290,18 +305,12 @@ def _count_closed(session: Session, job_id: str, chunk_ids: list[int]) -> None:
     """Add the outcome of chunks that just closed to their job: O(chunk) reads, one update
     of the job row (atomic, so concurrent chunk ends cannot lose a count). The job itself
     is read only when it may be finished."""
-    r, j = core.request.c, core.job.c
-    rows = session.execute(
-        select(r.status, func.count()).where(r.chunk_id.in_(chunk_ids)).group_by(r.status)
-    ).all()
-    by_status: dict[str, int] = {status: count for status, count in rows}
-    left = session.execute(
-        update(core.job).where(j.id == job_id).values(
-            completed=j.completed + by_status.get(RequestStatus.COMPLETED, 0),
-            failed=j.failed + by_status.get(RequestStatus.FAILED, 0),
-            chunks_left=j.chunks_left - len(chunk_ids),
-        ).returning(j.chunks_left)
-    ).scalar_one_or_none()
+    by_status: dict[str, int] = {
+        status: count for status, count in session.execute(_OUTCOMES, {"chunk_ids": chunk_ids})}
+    left = session.execute(_MOVE_COUNTS, {
+        "completed": by_status.get(RequestStatus.COMPLETED, 0),
+        "failed": by_status.get(RequestStatus.FAILED, 0),
+        "chunks": len(chunk_ids), "job_id": job_id}).scalar_one_or_none()
     if left is not None and left <= 0:
         job = session.get(Job, job_id, populate_existing=True)
         if job is not None:

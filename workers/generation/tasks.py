@@ -7,15 +7,15 @@ import time
 from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import ColumnElement, exists, select, text
+from sqlalchemy import bindparam, text
 
-from db import core
 from db.engine import session_scope, skip_flush_wait
 from db.models import (
     Candidate,
     ChunkStage,
     ChunkStatus,
     JobStatus,
+    JSONType,
     Request,
     RequestStatus,
     utcnow,
@@ -74,11 +74,22 @@ whole candidate table (10 ms a query on a 6,400-request job)."""
 
 
 
-def _open_without(model: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
-    """Requests still open and without a candidate of ``model``."""
-    r, k = core.request.c, core.candidate.c
-    return (r.status == RequestStatus.PENDING,
-            ~exists().where(k.request_id == r.id, k.model == model))
+# Requests still open and without a candidate of :model. The two statements below are
+# text: building them per call (and their cache keys) cost a generator as much as running
+# them.
+_OPEN_WITHOUT = f"""r.status = '{RequestStatus.PENDING}'
+  AND NOT EXISTS (SELECT 1 FROM candidate k WHERE k.request_id = r.id AND k.model = :model)"""
+
+_NEEDS_MODEL = text(f"""
+SELECT EXISTS (SELECT 1 FROM request r WHERE r.chunk_id = :chunk_id AND {_OPEN_WITHOUT})
+""")
+
+_WORK = text(f"""
+SELECT r.chunk_id, r.id, r.instruction, r.input, r.messages, r.params FROM request r
+WHERE r.chunk_id IN :chunk_ids AND {_OPEN_WITHOUT}
+ORDER BY r.id
+""").bindparams(bindparam("chunk_ids", expanding=True)).columns(messages=JSONType,
+                                                               params=JSONType)
 
 
 def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
@@ -93,8 +104,8 @@ def generate_chunk(settings: Settings, job_id: str, chunk_id: int, model: str,
     url = settings.database_url
     started = False
     with session_scope(url) as session:
-        nothing_left = not session.execute(select(exists().where(
-            core.request.c.chunk_id == chunk_id, *_open_without(model)))).scalar()
+        nothing_left = not session.execute(
+            _NEEDS_MODEL, {"chunk_id": chunk_id, "model": model}).scalar()
         if nothing_left and own_part is not None:
             own_part.count(session)  # committed with a flush: the hand-off to ranking
         elif not nothing_left:
@@ -160,11 +171,7 @@ def _gather_work(settings: Settings, model: str, chunk_ids: list[int],
             skip_flush_wait(session)  # the chord part counted at the end flushes
             chunk_ids = chunk_ids + lifecycle.start_chunks(session, gathered,
                                                            settings.chunk_lease_seconds)
-        r = core.request.c
-        rows = session.execute(
-            select(r.chunk_id, r.id, r.instruction, r.input, r.messages, r.params)
-            .where(r.chunk_id.in_(chunk_ids), *_open_without(model))
-            .order_by(r.id)).all()
+        rows = session.execute(_WORK, {"chunk_ids": chunk_ids, "model": model}).all()
     by_chunk: dict[int, list[Prompted]] = {}
     for chunk_id, *fields in rows:
         by_chunk.setdefault(chunk_id, []).append(Prompted(*fields))

@@ -257,3 +257,26 @@ path = "builtin:tiny-b"
     greedy = get_model(registry.get("same-greedy"), settings)
     assert get_model(registry.get("same-hot"), settings) is greedy
     assert get_model(registry.get("other"), settings) is not greedy
+
+
+def test_generation_reads_chat_messages_and_params_as_stored(stage_settings: Settings,
+                                                             celery_app: Celery) -> None:
+    """The work query is SQL text: its JSON columns must still come back as Python
+    values, the chat messages of an OpenAI Batch line and the line's decoding params."""
+    from workers.generation.tasks import _gather_work
+
+    line = {"custom_id": "chat-1", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "any", "max_tokens": 7,
+                     "messages": [{"role": "system", "content": "Be brief."},
+                                  {"role": "user", "content": "Name a colour."}]}}
+    with session_scope(stage_settings.database_url) as session:
+        job_id = submit(session, celery_app, [json.dumps(line).encode()],
+                        JobOptions(models=["tiny-a"], top_k=1, chunk_size=1),
+                        get_registry(stage_settings.registry_path)).job.id
+    with session_scope(stage_settings.database_url) as session:
+        chunk_id = session.exec(select(Chunk.id).where(Chunk.job_id == job_id)).one()
+    assert chunk_id is not None
+    [(read_chunk, [prompted])] = _gather_work(stage_settings, "tiny-a", [chunk_id], [])
+    assert read_chunk == chunk_id
+    assert prompted.messages == line["body"]["messages"]  # type: ignore[index]
+    assert prompted.params["max_new_tokens"] == 7
