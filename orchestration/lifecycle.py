@@ -115,15 +115,21 @@ def _start_running(session: Session, chunk_id: int, lease_seconds: int) -> bool:
     read, not locked. Anything else (no such chunk, a chunk closed, a job no longer in
     progress) is left to the full path."""
     now = utcnow()
-    c, j = core.chunk.c, core.job.c
-    started = session.execute(
-        update(core.chunk)
-        .where(c.id == chunk_id, c.status.in_(ACTIVE_CHUNK_STATUSES), j.id == c.job_id,
-               j.status == JobStatus.IN_PROGRESS)
-        .values(status=ChunkStatus.RUNNING, started_at=func.coalesce(c.started_at, now),
-                lease_until=now + timedelta(seconds=lease_seconds))
-        .returning(c.id)).first()
-    return started is not None
+    started = session.execute(_START_ONE, {
+        "chunk_id": chunk_id, "now": now, "until": now + timedelta(seconds=lease_seconds)})
+    return started.first() is not None
+
+
+_ACTIVE = ", ".join(f"'{status}'" for status in ACTIVE_CHUNK_STATUSES)
+_START_ONE = text(f"""
+UPDATE chunk SET status = '{ChunkStatus.RUNNING}', started_at = coalesce(started_at, :now),
+                 lease_until = :until
+WHERE id = :chunk_id AND status IN ({_ACTIVE})
+  AND EXISTS (SELECT 1 FROM job WHERE job.id = chunk.job_id
+                                  AND job.status = '{JobStatus.IN_PROGRESS}')
+RETURNING id
+""").bindparams(bindparam("now", type_=DateTime(timezone=True)),
+                bindparam("until", type_=DateTime(timezone=True)))
 
 
 def start_chunks(session: Session, chunk_ids: list[int],
@@ -211,19 +217,24 @@ def _cancel_unstarted(session: Session, job_id: str, chunk_id: int) -> bool:
 
 
 def chunk_is_running(session: Session, chunk_id: int) -> bool:
-    status = session.exec(select(Chunk.status).where(Chunk.id == chunk_id)).one_or_none()
+    status = session.execute(_CHUNK_STATUS, {"chunk_id": chunk_id}).scalar_one_or_none()
     return status == ChunkStatus.RUNNING
+
+
+_CHUNK_STATUS = text("SELECT status FROM chunk WHERE id = :chunk_id")
 
 
 def enter_stage(session: Session, chunk_id: int, stage: ChunkStage,
                 start_timeout: int = DEFAULT_START_TIMEOUT) -> None:
     """The chunk now waits on ``stage``'s message, which must start within the bound."""
-    c = core.chunk.c
-    session.execute(
-        update(core.chunk)
-        .where(c.id == chunk_id, c.status.in_(ACTIVE_CHUNK_STATUSES))
-        .values(stage=stage, lease_until=utcnow() + timedelta(seconds=start_timeout))
-    )
+    session.execute(_ENTER_STAGE, {"chunk_id": chunk_id, "stage": str(stage),
+                                   "until": utcnow() + timedelta(seconds=start_timeout)})
+
+
+_ENTER_STAGE = text(f"""
+UPDATE chunk SET stage = :stage, lease_until = :until
+WHERE id = :chunk_id AND status IN ({_ACTIVE})
+""").bindparams(bindparam("until", type_=DateTime(timezone=True)))
 
 
 def renew_leases(session: Session, chunk_ids: list[int], seconds: int) -> int:
