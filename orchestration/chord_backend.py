@@ -27,7 +27,7 @@ import sqlalchemy.exc
 import structlog
 from celery import states
 from celery.backends.base import BaseBackend
-from sqlalchemy import func, text
+from sqlalchemy import DateTime, bindparam, func, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
@@ -57,14 +57,9 @@ def record_part(session: Session, group_id: str, task_id: str, state: str,
     count is a statement of its own, so its snapshot is taken once the lock is held: the
     last part of a chord to get the lock sees every other part committed.
     """
-    insert = _insert_for(session)
     now = utcnow()
-    chord = Chord.__table__  # type: ignore[attr-defined]
-    upsert = insert(chord).values(group_id=group_id, size=size_hint, created_at=now)
-    size = session.execute(upsert.on_conflict_do_update(
-        index_elements=["group_id"],
-        set_={"size": func.coalesce(chord.c.size, upsert.excluded.size)},
-    ).returning(chord.c.size)).scalar_one()
+    size = session.execute(_LOCK_CHORD, {"group_id": group_id, "size": size_hint,
+                                         "created_at": now}).scalar_one()
     if size is None:
         insert_ignore(session, ChordPart, [{"group_id": group_id, "task_id": task_id,
                                             "state": state, "created_at": now}])
@@ -80,6 +75,14 @@ def record_part(session: Session, group_id: str, task_id: str, state: str,
     return outbox_id
 
 
+_LOCK_CHORD = text("""
+INSERT INTO chord (group_id, size, created_at) VALUES (:group_id, :size, :created_at)
+ON CONFLICT (group_id) DO UPDATE SET size = coalesce(chord.size, excluded.size)
+RETURNING size
+""").bindparams(bindparam("created_at", type_=DateTime(timezone=True)))
+"""The chord's row, created if no part or size came first, and locked (the update takes
+the row lock even when nothing changes); SQL text, built once, on the hot path."""
+
 _COUNT_WITH_PART = text("""
 WITH new_part AS (
     INSERT INTO chord_part (group_id, task_id, state, created_at)
@@ -87,7 +90,7 @@ WITH new_part AS (
     ON CONFLICT DO NOTHING RETURNING 1)
 SELECT (SELECT count(*) FROM chord_part WHERE group_id = :group_id)
      + (SELECT count(*) FROM new_part)
-""")
+""").bindparams(bindparam("created_at", type_=DateTime(timezone=True)))
 """The part inserted and the parts counted in one round trip: the scan does not see the
 row its own statement inserts, so that row is added from the insert's RETURNING."""
 
