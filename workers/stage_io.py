@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from sqlalchemy import bindparam, text, update
 from sqlalchemy import select as select_rows
-from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from db import core
@@ -33,6 +33,28 @@ def open_requests_of(session: Session, chunk_ids: list[int]) -> list[OpenRequest
         .where(r.chunk_id.in_(chunk_ids), r.status == RequestStatus.PENDING)
         .order_by(r.id)).all()
     return [OpenRequest(*row) for row in rows]
+
+
+class StageJob(NamedTuple):
+    """What ranking and fusion read of a job."""
+
+    id: str
+    ranker: str | None
+    fuser: str | None
+    strategy: str
+    aggregation: str
+    top_k: int
+
+
+_STAGE_JOBS = text("SELECT id, ranker, fuser, strategy, aggregation, top_k FROM job "
+                   "WHERE id IN :job_ids").bindparams(bindparam("job_ids", expanding=True))
+
+
+def stage_jobs(session: Session, job_ids: list[str]) -> dict[str, StageJob]:
+    if not job_ids:
+        return {}
+    return {row[0]: StageJob(*row)
+            for row in session.execute(_STAGE_JOBS, {"job_ids": sorted(set(job_ids))})}
 
 
 def open_requests(session: Session, chunk_id: int) -> list[Request]:

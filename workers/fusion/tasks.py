@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from db import core
 from db.engine import session_scope
-from db.models import Fusion, Job, RequestStatus, utcnow
+from db.models import Fusion, RequestStatus, utcnow
 from db.writes import insert_ignore
 from orchestration import lifecycle
 from orchestration.celery_app import FUSE_TASK, app
@@ -22,9 +22,11 @@ from workers.deadline import Deadline, DeadlineExceeded
 from workers.model_store import ModelLoadError, get_model, revision_of
 from workers.stage_io import (
     OpenRequest,
+    StageJob,
     candidate_texts,
     fail_open,
     open_requests_of,
+    stage_jobs,
     storable,
     update_requests,
 )
@@ -41,8 +43,7 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         if not lifecycle.chunk_is_running(session, chunk_id):
             log.info("fuse.skipped")
             return {"fused": 0}
-        job = session.get(Job, job_id)
-        assert job is not None
+        job = stage_jobs(session, [job_id])[job_id]
         requests = open_requests_of(session, [chunk_id])
         top = _top_candidates(session, requests, job.top_k)
     ready = [r for r in requests if top.get(r.id)]
@@ -86,7 +87,7 @@ def _top_candidates(session: Session, requests: list[OpenRequest],
     return {rid: [(cid, texts[cid]) for cid in top] for rid, top in latest.items()}
 
 
-def _fuse(settings: Settings, job: Job, requests: list[OpenRequest],
+def _fuse(settings: Settings, job: StageJob, requests: list[OpenRequest],
           top: dict[int, list[tuple[int, str]]]) -> tuple[str, str, dict[str, Any], list[str]]:
     if job.fuser is None:
         return TOP1, TOP1, {"top_k": 1}, [top[r.id][0][1] for r in requests]

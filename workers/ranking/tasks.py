@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from db import core
@@ -14,7 +15,6 @@ from db.models import (
     ChunkStage,
     ChunkStatus,
     Comparison,
-    Job,
     Ranking,
     utcnow,
 )
@@ -33,11 +33,13 @@ from workers.ranking.gathering import claim_chunks
 from workers.ranking.strategies import Pair, final_order, plan, run_plans
 from workers.stage_io import (
     OpenRequest,
+    StageJob,
     StoredCandidate,
     candidates_by_request,
     fail_open,
     open_requests_of,
     source_text,
+    stage_jobs,
     update_requests,
 )
 
@@ -48,8 +50,7 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int,
                deadline: Deadline | None = None) -> dict[str, int]:
     url = settings.database_url
     with session_scope(url) as session:
-        found = session.exec(select(Chunk.status, Chunk.stage)
-                             .where(Chunk.id == chunk_id)).one_or_none()
+        found = session.execute(_RANK_START, {"chunk_id": chunk_id}).first()
         if found is None or found[0] != ChunkStatus.RUNNING:
             log.info("rank.skipped")
             return {"ranked": 0, "comparisons": 0, "chunks": 0}
@@ -58,13 +59,16 @@ def rank_chunk(settings: Settings, job_id: str, chunk_id: int,
             # transaction, queued its fusion (which moved it to the fuse stage).
             log.info("rank.ranked_already")
             return {"ranked": 0, "comparisons": 0, "chunks": 0}
-        job = session.get(Job, job_id)
-        assert job is not None and job.ranker is not None
-        ranker_name = job.ranker
+        ranker_name = found[2]
+        assert ranker_name is not None
     deadline = deadline or Deadline(settings.task_time_limit)
     with claim_chunks(url, chunk_id, ranker_name, settings.rank_gather_chunks) as chunk_ids, \
             leases.holding(settings, chunk_ids):
         return _rank_chunks(settings, ranker_name, chunk_ids, deadline)
+
+
+_RANK_START = text("SELECT c.status, c.stage, j.ranker FROM chunk c JOIN job j ON j.id = c.job_id "
+                   "WHERE c.id = :chunk_id")
 
 
 def _queue_fusion(session: Session, settings: Settings,
@@ -108,7 +112,7 @@ def _rank_chunks(settings: Settings, ranker_name: str, chunk_ids: list[int],
             .order_by(col(Chunk.id))).all() if c is not None]
         requests = open_requests_of(session, running)
         job_ids = sorted({r.job_id for r in requests})
-        jobs = {j.id: j for j in session.exec(select(Job).where(col(Job.id).in_(job_ids)))}
+        jobs = stage_jobs(session, job_ids)
         by_request = candidates_by_request(session, [r.id for r in requests])
         empty = {r.id for r in requests if not _usable(by_request[r.id])}
         for request_id in sorted(empty):
@@ -240,7 +244,7 @@ def _stored_logits(session: Session, request_ids: list[int],
 
 
 def _ranking_row(request: OpenRequest, cands: list[StoredCandidate], top: list[int],
-                 stored: dict[tuple[int, int], float], job: Job,
+                 stored: dict[tuple[int, int], float], job: StageJob,
                  revision: str) -> dict[str, Any]:
     order, scores = final_order(len(cands), top, _by_index(cands, stored), job.aggregation,
                                 [c.model for c in cands])
