@@ -208,14 +208,16 @@ def publish_now(database_url: str, app: Celery, queued: Iterable[tuple[int, dict
         # Marking rows sent need not wait for the disk: if the mark is lost, the dispatcher
         # sends the row again, as after a crash between a publish and its commit.
         with session_scope(database_url, flush_wal=False) as session:
-            claimed = _claim_pending(session, sorted(payloads))
             sent: list[int] = []
-            try:
-                for outbox_id in claimed:
+            for outbox_id in _claim_pending(session, sorted(payloads)):
+                try:
                     from_payload(app, payloads[outbox_id]).apply_async()
-                    sent.append(outbox_id)
-            finally:
-                _mark_sent(session, sent)
+                except Exception as exc:
+                    # On the row, as the relay records it: an operator sees why it waits.
+                    _record_failure(session, outbox_id, exc)
+                    break
+                sent.append(outbox_id)
+            _mark_sent(session, sent)
     except Exception as exc:
         log.warning("outbox.publish_deferred", outbox_ids=sorted(payloads),
                     error=f"{type(exc).__name__}: {exc}")
