@@ -65,6 +65,8 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         fail_open(session, [r.id for r in requests if r.id not in ready_ids],
                   "no ranking was stored for this request")
         if failure is not None:
+            update_requests(session, [{"id": r.id, "chosen_candidate_id": top[r.id][0][0]}
+                                      for r in ready])
             fail_open(session, sorted(ready_ids), failure)
         else:
             _store(session, ready, top, fuser_name, revision, params, outputs)
@@ -111,8 +113,10 @@ def _store(session: Session, requests: list[OpenRequest], top: dict[int, list[tu
          "params": params, "created_at": now}
         for r, output in zip(requests, outputs, strict=True)
     ])
+    # The request's choice comes with its outcome (ranking writes only its ranking rows).
     update_requests(session, [
-        {"id": request.id, "fused_output": storable(output), "status": RequestStatus.COMPLETED,
+        {"id": request.id, "chosen_candidate_id": top[request.id][0][0],
+         "fused_output": storable(output), "status": RequestStatus.COMPLETED,
          "completed_at": now}
         for request, output in zip(requests, outputs, strict=True)])
 

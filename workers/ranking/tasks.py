@@ -40,7 +40,6 @@ from workers.stage_io import (
     open_requests_of,
     source_text,
     stage_jobs,
-    update_requests,
 )
 
 log = structlog.get_logger(__name__)
@@ -259,11 +258,10 @@ def _ranking_row(request: OpenRequest, cands: list[StoredCandidate], top: list[i
 
 
 def _store_rankings(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Every ranking in one statement, and each request's choice in one batched update."""
+    """Every ranking in one statement. Each request's choice (its ranking's first entry)
+    is written by fusion, with the rest of the request's outcome: one update of the
+    request row instead of two."""
     insert_ignore(session, Ranking, rows)
-    update_requests(session, [{"id": row["request_id"],
-                               "chosen_candidate_id": row["entries"][0]["candidate_id"]}
-                              for row in rows])
 
 
 @app.task(name=RANK_TASK, base=BlendqTask, bind=True, finishes_chunk_on_failure=True)
