@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.app.task import Context
-from sqlalchemy import create_engine, delete, func
+from sqlalchemy import Engine, create_engine, delete, func
 from sqlmodel import Session, col, select
 
 from db.models import Chord, ChordPart, Outbox, OutboxStatus
@@ -43,6 +43,16 @@ def body_rows(session: Session, group_id: str) -> list[Outbox]:
 def parts_counted(session: Session, group_id: str) -> int:
     return session.exec(select(func.count()).select_from(ChordPart)
                         .where(ChordPart.group_id == group_id)).one()
+
+
+def remove_chord(engine: Engine, group_id: str) -> None:
+    """What a test that commits left of its chord, then the engine."""
+    with Session(engine) as cleanup:
+        cleanup.execute(delete(Outbox).where(col(Outbox.dedup_key) == f"chord:{group_id}"))
+        cleanup.execute(delete(ChordPart).where(col(ChordPart.group_id) == group_id))
+        cleanup.execute(delete(Chord).where(col(Chord.group_id) == group_id))
+        cleanup.commit()
+    engine.dispose()
 
 
 def test_last_part_queues_the_body_once(session: Session, gid: str) -> None:
@@ -189,12 +199,7 @@ def test_parts_of_one_chord_are_serialised_on_its_row(pg_url: str) -> None:
         first.close()  # releases the lock if the test failed before committing
         if thread is not None:
             thread.join(timeout=10)
-        with Session(engine) as cleanup:
-            cleanup.execute(delete(Outbox).where(col(Outbox.dedup_key) == f"chord:{group_id}"))
-            cleanup.execute(delete(ChordPart).where(col(ChordPart.group_id) == group_id))
-            cleanup.execute(delete(Chord).where(col(Chord.group_id) == group_id))
-            cleanup.commit()
-        engine.dispose()
+        remove_chord(engine, group_id)
 
 
 def test_counting_waits_out_a_database_that_is_briefly_away() -> None:
@@ -250,9 +255,4 @@ def test_a_part_its_task_counted_is_published_after_the_task(pg_url: str,
             assert parts_counted(check, group_id) == 2
         assert "t2" not in chord_backend._counted_by_task
     finally:
-        with Session(engine) as cleanup:
-            cleanup.execute(delete(Outbox).where(col(Outbox.dedup_key) == f"chord:{group_id}"))
-            cleanup.execute(delete(ChordPart).where(col(ChordPart.group_id) == group_id))
-            cleanup.execute(delete(Chord).where(col(Chord.group_id) == group_id))
-            cleanup.commit()
-        engine.dispose()
+        remove_chord(engine, group_id)
