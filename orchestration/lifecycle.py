@@ -154,9 +154,7 @@ def start_chunks(session: Session, chunk_ids: list[int],
 _START_ALL = text(f"""
 WITH locked AS (
     SELECT c.id FROM chunk c JOIN job j ON j.id = c.job_id
-    WHERE c.id = ANY(:ids) AND c.status IN ('{ChunkStatus.PENDING}', '{ChunkStatus.DISPATCHED}',
-                                            '{ChunkStatus.RUNNING}')
-      AND j.status = '{JobStatus.IN_PROGRESS}'
+    WHERE c.id = ANY(:ids) AND c.status IN ({_ACTIVE}) AND j.status = '{JobStatus.IN_PROGRESS}'
     ORDER BY c.id FOR UPDATE OF c)
 UPDATE chunk SET status = '{ChunkStatus.RUNNING}', started_at = coalesce(chunk.started_at, :now),
                  lease_until = :until

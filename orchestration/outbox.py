@@ -9,7 +9,7 @@ commit publishes the row again: delivery is at least once, and every task is ide
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import kombu.exceptions
@@ -52,9 +52,7 @@ def add(session: Session, kind: str, payload: dict[str, Any], *, job_id: str | N
     (:func:`publish_now`): waking the dispatcher would only have it race for the row. If
     that publish fails, the dispatcher's next poll sends it.
     """
-    row = {"kind": kind, "payload": payload, "job_id": job_id, "chunk_id": chunk_id,
-           "dedup_key": dedup_key, "status": OutboxStatus.PENDING, "attempts": 0,
-           "created_at": utcnow()}
+    row = _pending_row(kind, Queued(payload, job_id, chunk_id, dedup_key), utcnow())
     ids = insert_ignore(session, Outbox, [row], returning="id")
     if ids and notify and is_postgres(session):
         session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
@@ -90,12 +88,15 @@ def add_many(session: Session, kind: str, messages: list[Queued]) -> None:
     if not messages:
         return
     now = utcnow()
-    insert_ignore(session, Outbox, [
-        {"kind": kind, "payload": m.payload, "job_id": m.job_id, "chunk_id": m.chunk_id,
-         "dedup_key": m.dedup_key, "status": OutboxStatus.PENDING, "attempts": 0,
-         "created_at": now} for m in messages])
+    insert_ignore(session, Outbox, [_pending_row(kind, m, now) for m in messages])
     if is_postgres(session):
         session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+def _pending_row(kind: str, message: Queued, now: datetime) -> dict[str, Any]:
+    return {"kind": kind, "payload": message.payload, "job_id": message.job_id,
+            "chunk_id": message.chunk_id, "dedup_key": message.dedup_key,
+            "status": OutboxStatus.PENDING, "attempts": 0, "created_at": now}
 
 
 def celery_publisher(app: Celery) -> Publisher:
