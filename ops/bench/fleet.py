@@ -21,6 +21,13 @@ database and RabbitMQ vhost. One warm-up job of one chunk runs first. Printed:
 
 Workers send task events as they do by default (for Flower); ``BLENDQ_TASK_EVENTS=false``
 in the environment measures a fleet without them.
+
+Machines differ (the same code ran 3x faster on one two-core machine than on another), so
+the run first measures a baseline on the same stack: the issue's own bare pipeline, no-op
+tasks in the canvas of the same shape with chunks of 8, one solo worker per queue
+(``ops.bench.pipeline.run_bare``; 4,000 requests by default). The issue measured 320
+requests/s for it when it set the target of 1,000, so the target reads as a ratio:
+fleet / bare ≥ 1,000 / 320 = 3.1x.
 """
 
 from __future__ import annotations
@@ -36,11 +43,16 @@ from sqlmodel import Session, create_engine, select
 
 from db.engine import libpq_url
 from db.models import Chunk
+from ops.bench.pipeline import run_bare
 from ops.bench.stack import Stack, running_stack, stored_counts, wait_for_job, write_prompts
 from orchestration.celery_app import configure
 from orchestration.settings import Settings
 
 MODELS = ("null-a", "null-b", "null-c")
+# The issue's bare pipeline: its chunk size, and what it moved when the target was set.
+BARE_CHUNK_SIZE = 8
+BARE_RATE_AT_TARGET = 320.0
+TARGET_RATE = 1000.0
 REGISTRY = "".join(f"""
 [[models]]
 name = "{name}"
@@ -127,6 +139,8 @@ def main() -> None:
                         help="workers per generator queue, ranking and fusion workers")
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="wait per model call (a latency model; no core used)")
+    parser.add_argument("--bare-requests", type=int, default=4000,
+                        help="requests of the bare baseline (chunks of 8); 0 skips it")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--logs", type=Path, default=None,
                         help="keep the processes' logs here, at INFO (default: WARNING, "
@@ -144,6 +158,9 @@ def main() -> None:
         with running_stack(settings, "fleet", logs, env=env, start=False) as stack:
             stack.start("dispatcher", "dispatcher", "--poll", "0.5",
                         ready="dispatcher.started")
+            bare_chunks = -(-args.bare_requests // BARE_CHUNK_SIZE)
+            bare = (run_bare(stack, list(MODELS), bare_chunks, args.timeout)
+                    if bare_chunks else None)
             # Workers log per task at INFO; what is measured here is not logging.
             stack.env["BLENDQ_LOG_LEVEL"] = "INFO" if args.logs else "WARNING"
             ready = "[queues]"  # with WARNING logs, the banner is the sign of life
@@ -186,6 +203,14 @@ def main() -> None:
           f"{args.requests / seconds:8.1f} requests/s")
     print(f"fleet (first chunk start → completed): {fleet_seconds:7.2f} s  "
           f"{args.requests / fleet_seconds:8.1f} requests/s")
+    if bare is not None:
+        bare_rate = bare_chunks * BARE_CHUNK_SIZE / bare
+        ratio = args.requests / seconds / bare_rate
+        print(f"baseline, bare canvas of no-op tasks (chunks of {BARE_CHUNK_SIZE}, one solo "
+              f"worker per queue): {bare_rate:8.1f} requests/s")
+        print(f"end to end / bare: {ratio:.2f}x (the target, 1,000 requests/s where bare "
+              f"moved 320: {TARGET_RATE / BARE_RATE_AT_TARGET:.2f}x); at bare = 320 that is "
+              f"{ratio * BARE_RATE_AT_TARGET:.0f} requests/s")
     print(f"PostgreSQL transactions per request:  {transactions / args.requests:8.2f}")
     print(f"RabbitMQ task messages per request:   {messages / args.requests:8.3f}")
     print(f"time per chunk, first tenth of the job: {first:6.3f} s")

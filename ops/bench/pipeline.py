@@ -53,8 +53,6 @@ from orchestration.celery_app import (
 )
 from orchestration.settings import Settings
 
-QUEUES = [*(gen_queue(m) for m in GENERATORS), RANK_QUEUE, FUSE_QUEUE]
-
 
 def _noop(**_: Any) -> None:
     return None
@@ -81,7 +79,7 @@ def _fused(app: Celery) -> int:
     return sum(int(stats.get("total", {}).get(FUSE_TASK, 0)) for stats in replies.values())
 
 
-def _bare_chunks(app: Celery, chunks: int, timeout: float) -> float:
+def _bare_chunks(app: Celery, models: list[str], chunks: int, timeout: float) -> float:
     """Publish ``chunks`` canvases at once; seconds until the last fuse task is done."""
     before = _fused(app)
     run = uuid.uuid4().hex[:8]
@@ -90,7 +88,7 @@ def _bare_chunks(app: Celery, chunks: int, timeout: float) -> float:
         # Negative chunk ids: no real chunk has one, so the ranking worker, which reads the
         # outbox for chunks waiting on its queue, never mistakes these for its own.
         job = f"bench_{run}"
-        (chunk_canvas(app, job, -1 - chunk, list(GENERATORS))
+        (chunk_canvas(app, job, -1 - chunk, models)
          | fuse_signature(app, job, -1 - chunk)).apply_async()
     deadline = time.monotonic() + timeout
     while _fused(app) < before + chunks:
@@ -98,6 +96,23 @@ def _bare_chunks(app: Celery, chunks: int, timeout: float) -> float:
             raise TimeoutError(f"bare canvases not done after {timeout:.0f}s")
         time.sleep(0.05)
     return time.perf_counter() - started
+
+
+def run_bare(stack: Stack, models: list[str], chunks: int, timeout: float) -> float:
+    """The bare canvas on ``stack`` (its dispatcher launched): a no-op worker per queue of
+    ``models``, rank and fuse, one warm-up chunk, then ``chunks`` chunks; their seconds.
+    The workers are stopped again, so the stack's own workers can take the queues."""
+    app = configure(stack.settings)
+    queues = [*(gen_queue(m) for m in models), RANK_QUEUE, FUSE_QUEUE]
+    for queue in queues:
+        stack.launch(f"noop-{queue}", ready=" ready.", command=[
+            sys.executable, "-m", "ops.bench.pipeline", "noop-worker", "--queue", queue])
+    stack.wait_ready()
+    try:
+        _bare_chunks(app, models, 1, timeout)
+        return _bare_chunks(app, models, chunks, timeout)
+    finally:
+        stack.stop(*(f"noop-{queue}" for queue in queues))
 
 
 def _full_job(stack: Stack, requests: int, chunk_size: int, folder: Path,
@@ -123,18 +138,11 @@ def main() -> None:
     settings = Settings(env="test")
     with tempfile.TemporaryDirectory(prefix="blendq-bench-pipeline-") as folder, \
             running_stack(settings, "pipeline", Path(folder), start=False) as stack:
-        app = configure(stack.settings)
         # Each phase's processes start side by side (Stack.launch); the measured runs
         # begin once all of them are ready.
         stack.launch("dispatcher", "dispatcher", "--poll", "0.5", ready="dispatcher.started")
-        for queue in QUEUES:
-            stack.launch(f"noop-{queue}", ready=" ready.", command=[
-                sys.executable, "-m", "ops.bench.pipeline", "noop-worker", "--queue", queue])
-        stack.wait_ready()
-        _bare_chunks(app, 1, args.timeout)
-        bare = _bare_chunks(app, chunks, args.timeout)
+        bare = run_bare(stack, list(GENERATORS), chunks, args.timeout)
         print(f"bare canvas: {chunks} chunks in {bare:.2f}s", flush=True)
-        stack.stop(*(f"noop-{queue}" for queue in QUEUES))
 
         for model in GENERATORS:
             stack.launch(f"gen-{model}", "worker", "generate", "--model", model,
@@ -158,7 +166,7 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["noop-worker"]:
         worker_args = argparse.ArgumentParser(prog="ops.bench.pipeline noop-worker")
-        worker_args.add_argument("--queue", required=True, choices=QUEUES)
+        worker_args.add_argument("--queue", required=True)
         noop_worker(worker_args.parse_args(sys.argv[2:]).queue)
     else:
         main()

@@ -46,3 +46,14 @@ def test_pipeline_prints_the_bare_and_full_rates() -> None:
     out = _run("ops.bench.pipeline", "--requests", "16", "--timeout", "300", timeout=400)
     assert "bare canvas, no-op tasks" in out and "full, tiny models" in out
     assert "bare / full:" in out
+
+
+def test_fleet_runs_a_small_job_through_null_models() -> None:
+    # One replica a queue and no bare baseline (the pipeline test above runs run_bare):
+    # the smallest fleet that still spreads over chunks and gathers.
+    out = _run("ops.bench.fleet", "--requests", "256", "--chunk-size", "32", "--replicas", "1",
+               "--bare-requests", "0", "--timeout", "300", timeout=400)
+    assert ("rows {'candidate': 768, 'comparison': 1536, 'ranking': 256, 'fusion': 256}"
+            in out)
+    assert "requests/s" in out and "last / first:" in out
+    assert "PostgreSQL transactions per request:" in out
