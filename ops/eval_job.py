@@ -26,13 +26,13 @@ for rank, the lowest) come with a paired bootstrap interval over requests.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ops.eval_metrics import as_dict, make_scorers, mean, paired_bootstrap, score_pairs
+from workers.ranking.evaluation import json_objects
 
 RANKER, FUSED, ORACLE = "ranker", "fused", "oracle"
 RANK = "avg_rank"
@@ -57,15 +57,7 @@ class Item:
 def parse_references(lines: Iterable[str]) -> dict[str, str]:
     refs: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise EvaluationError(f"line {number}: not JSON: {exc}") from exc
-        if not isinstance(line, dict):
-            raise EvaluationError(f"line {number}: not a JSON object")
+    for number, line in json_objects(lines, EvaluationError):
         key_field = "custom_id" if "custom_id" in line else "id"
         if key_field not in line:
             raise EvaluationError(f"line {number}: no 'custom_id' (or MixInstruct 'id')")

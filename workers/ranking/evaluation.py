@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +45,29 @@ class PairExample:
     a: str
     b: str
     a_better: bool
+
+
+def json_objects(lines: Iterable[str], error: type[ValueError] = ValueError,
+                 ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each non-blank line's JSON object with its 1-based number; a line that is not JSON,
+    or not an object, raises ``error`` naming it."""
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise error(f"line {number}: not JSON: {exc}") from exc
+        if not isinstance(line, dict):
+            raise error(f"line {number}: not a JSON object")
+        yield number, line
+
+
+def pair_texts(number: int, line: dict[str, Any]) -> tuple[str, str]:
+    """A pairwise line's two candidates; one missing is an error naming the line."""
+    if "candidate_b" not in line:
+        raise ValueError(f"line {number}: 'candidate_a' without 'candidate_b'")
+    return str(line["candidate_a"]), str(line["candidate_b"])
 
 
 def source_of(line: dict[str, Any]) -> str:
@@ -74,13 +97,7 @@ def parse_lines(lines: Iterable[str], metric: str | None = None,
                 ) -> tuple[list[ListExample], list[PairExample]]:
     lists: list[ListExample] = []
     pairs: list[PairExample] = []
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"line {number}: not JSON: {exc}") from exc
+    for number, line in json_objects(lines):
         if "candidates" in line:
             cands = [c for c in line["candidates"] if isinstance(c, dict)]
             refs = [reference_score(c, metric) for c in cands]
@@ -90,9 +107,9 @@ def parse_lines(lines: Iterable[str], metric: str | None = None,
                 lists.append(ListExample(source_of(line), [t for t, _ in kept],
                                          [r for _, r in kept]))
         elif "candidate_a" in line:
+            a, b = pair_texts(number, line)
             if line.get("label") in (0, 1, 0.0, 1.0):
-                pairs.append(PairExample(source_of(line), str(line["candidate_a"]),
-                                         str(line["candidate_b"]), line["label"] == 1))
+                pairs.append(PairExample(source_of(line), a, b, line["label"] == 1))
         else:
             raise ValueError(f"line {number}: neither 'candidates' nor 'candidate_a'")
     return lists, pairs

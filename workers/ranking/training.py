@@ -16,7 +16,6 @@ so the ranker does not learn the position of the better answer. AdamW, lr 1e-5 b
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -25,7 +24,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from workers.ranking.evaluation import reference_score, source_of
+from workers.ranking.evaluation import json_objects, pair_texts, reference_score, source_of
 
 if TYPE_CHECKING:
     import torch
@@ -55,18 +54,12 @@ def parse_pairs(lines: Iterable[str], metric: str | None = None, pairs_per_examp
                 seed: int = 0) -> list[TrainPair]:
     rng = random.Random(seed)
     out: list[TrainPair] = []
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            line: dict[str, Any] = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"line {number}: not JSON: {exc}") from exc
+    for number, line in json_objects(lines):
         source = source_of(line)
         if "chosen" in line and "rejected" in line:
             out.append(TrainPair(source, str(line["chosen"]), str(line["rejected"])))
         elif "candidate_a" in line:
-            a, b = str(line["candidate_a"]), str(line["candidate_b"])
+            a, b = pair_texts(number, line)
             if line.get("label") in (1, 1.0):
                 out.append(TrainPair(source, a, b))
             elif line.get("label") in (0, 0.0):

@@ -45,6 +45,7 @@ def test_references_name_the_bad_line_and_field() -> None:
     for lines, message in [
         (['{"custom_id": "a", "reference": "x"}', "not json"], "line 2: not JSON"),
         (['{"reference": "x"}'], "line 1: no 'custom_id'"),
+        (['{"custom_id": "a", "reference": "x"}', '["a", "x"]'], "line 2: not a JSON object"),
         (['{"custom_id": "a"}'], "line 1: no 'reference'"),
         (['{"custom_id": "a", "reference": 3}'], "line 1: field 'reference' must be a string"),
         (['{"custom_id": "a", "reference": "x"}', '{"custom_id": "a", "reference": "y"}'],

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from ops.cli import cli
 from workers.ranking.evaluation import average_ranks, evaluate, parse_lines, pearson, spearman
+from workers.ranking.training import parse_pairs
 from workers.tiny_models import CORPUS
 
 
@@ -68,6 +69,20 @@ def _pair_lines(rng: random.Random, n: int) -> list[str]:
                                  "candidate_a": a, "candidate_b": b,
                                  "label": 1.0 if a_better else 0.0, "origin": "label"}))
     return lines
+
+
+def test_eval_and_train_input_errors_name_the_line() -> None:
+    pair = '{"source": "q", "candidate_a": "x", "candidate_b": "y", "label": 1}'
+    assert len(parse_lines([pair])[1]) == 1 and len(parse_pairs([pair])) == 1
+    for lines, message in [
+        ([pair, "not json"], "line 2: not JSON"),
+        ([pair, '"candidates"'], "line 2: not a JSON object"),
+        (["", '{"source": "q", "candidate_a": "x", "label": 1}'],
+         "line 2: 'candidate_a' without 'candidate_b'"),
+    ]:
+        for parse in (parse_lines, parse_pairs):
+            with pytest.raises(ValueError, match=message):
+                parse(lines)
 
 
 def test_train_then_eval_scores_the_new_revision_higher(tiny_models: dict[str, Path],
