@@ -17,7 +17,7 @@ import click
 
 from ops import context
 from ops.eval_job import EvaluationError, load_references
-from orchestration.registry import ModelEntry, RegistryError, parse_entry
+from orchestration.registry import ModelEntry, RegistryError
 from orchestration.settings import Settings
 
 BACKENDS = ("genfuser", "aggregator")
@@ -60,25 +60,6 @@ def _load(backend: str, path: str) -> Any:
     return AggregatorFuser(path)
 
 
-def _check_registrable(settings: Settings, name: str, replace: bool) -> None:
-    """Refused before training rather than after: a name already taken, and a database
-    that holds no entries (registering one fuser there would leave a registry of one
-    fuser, and every process would lose the built-in models it runs on now)."""
-    from db.engine import session_scope
-    from db.queries_registry import has_registry_table, registered_models
-
-    with session_scope(settings.database_url) as session:
-        names = {r.name for r in registered_models(session)} \
-            if has_registry_table(session) else set()
-    if not names:
-        raise click.ClickException(
-            "the database registry is empty (processes run the built-in models): "
-            "`models import FILE` your registry first, or train without --register")
-    if name in names and not replace:
-        raise click.ClickException(f"model {name!r} is already registered (--replace "
-                                   "overwrites it)")
-
-
 @fuser.command("train")
 @click.argument("job_ids", nargs=-1, required=True)
 @click.option("--references", "references_file",
@@ -117,6 +98,7 @@ def train_cmd(job_ids: tuple[str, ...], references_file: Path | None, name: str 
     """Fine-tune on JOB_IDS' stored requests (the top-K candidates in rank order → the
     reference, or the best labelled candidate) and save a new revision to OUTPUT."""
     from db.engine import session_scope
+    from ops.cli_models import check_registrable, register_trained
     from workers.devices import pin_device, weights_revision
     from workers.fusion.training import ExampleError, examples_for_jobs, save, train
 
@@ -131,8 +113,6 @@ def train_cmd(job_ids: tuple[str, ...], references_file: Path | None, name: str 
             references = load_references(references_file)
         except EvaluationError as exc:
             raise click.ClickException(f"{references_file}: {exc}") from exc
-    if register_as:
-        _check_registrable(settings, register_as, replace)
     counts: Counter[str] = Counter()
     try:
         with session_scope(settings.database_url) as session:
@@ -153,10 +133,7 @@ def train_cmd(job_ids: tuple[str, ...], references_file: Path | None, name: str 
     new_entry = {"role": "fuser", "backend": backend, "path": str(output.resolve()),
                  "params": dict(entry.params) if entry else {}}
     if register_as:
-        try:  # a bad name is refused before the training, not after it
-            parse_entry({"name": register_as, **new_entry}, f"--register {register_as}")
-        except RegistryError as exc:
-            raise click.UsageError(str(exc)) from exc
+        check_registrable(settings, register_as, replace, new_entry)
     model = _load(backend, weights)
     start = entry.revision if entry is not None and entry.revision else model.revision
     train(model, examples, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
@@ -174,8 +151,4 @@ def train_cmd(job_ids: tuple[str, ...], references_file: Path | None, name: str 
                    f"\"{backend}\", path = \"{output.resolve()}\" (or --register NAME)",
                    err=True)
         return
-    from ops.cli_models import store_entry
-
-    store_entry(settings, parse_entry({"name": register_as, "default": is_default,
-                                       "revision": revision, **new_entry},
-                                      f"--register {register_as}"), replace)
+    register_trained(settings, register_as, new_entry, revision, is_default, replace)

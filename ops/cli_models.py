@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from db.engine import session_scope
 from db.queries_registry import (
+    has_registry_table,
     open_jobs_using,
     registered_models,
     remove_model,
@@ -141,9 +142,39 @@ def register(name: str, role: str, backend: str, model_path: str, revision: str,
     store_entry(settings, entry, replace)
 
 
+def check_registrable(settings: Settings, name: str, replace: bool,
+                      fields: dict[str, Any]) -> None:
+    """``--register NAME`` of a training command, refused before training rather than
+    after: a bad entry (``fields`` without the name), a name already taken, and a database
+    that holds no entries (registering one model there would leave a registry of that
+    one model, and every process would lose the built-in models it runs on now)."""
+    try:
+        parse_entry({"name": name, **fields}, f"--register {name}")
+    except RegistryError as exc:
+        raise click.UsageError(str(exc)) from exc
+    with session_scope(settings.database_url) as session:
+        names = {r.name for r in registered_models(session)} \
+            if has_registry_table(session) else set()
+    if not names:
+        raise click.ClickException(
+            "the database registry is empty (processes run the built-in models): "
+            "`models import FILE` your registry first, or train without --register")
+    if name in names and not replace:
+        raise click.ClickException(f"model {name!r} is already registered (--replace "
+                                   "overwrites it)")
+
+
+def register_trained(settings: Settings, name: str, fields: dict[str, Any], revision: str,
+                     is_default: bool, replace: bool) -> None:
+    """Register what a training command wrote: ``fields`` as checked before it trained."""
+    store_entry(settings, parse_entry({"name": name, "default": is_default,
+                                       "revision": revision, **fields},
+                                      f"--register {name}"), replace)
+
+
 def store_entry(settings: Settings, entry: ModelEntry, replace: bool) -> None:
     """Register ``entry`` in the database and say so (``models register``, and ``fuser
-    train --register`` for the revision it trained)."""
+    train --register`` or ``ranker train --register`` for the revision it trained)."""
     with session_scope(settings.database_url) as session:
         existing = {r.name for r in registered_models(session)}
         if entry.name in existing and not replace:

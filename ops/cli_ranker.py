@@ -2,6 +2,7 @@
 
     python manage.py ranker eval data.jsonl --ranker tiny-ranker
     python manage.py ranker train pairs.jsonl --ranker tiny-ranker -o /models/ranker-v2
+    python manage.py ranker train pairs.jsonl -o /models/ranker-v3 --register ranker-v3 --default
     python manage.py ranker eval data.jsonl --path /models/ranker-v2
     python manage.py ranker demo-data -o demo/     # the demo ranker's generated data
 
@@ -18,6 +19,7 @@ from typing import Any
 import click
 
 from ops import context
+from orchestration.registry import ModelEntry
 
 
 @click.group()
@@ -25,19 +27,24 @@ def ranker() -> None:
     """Evaluate and fine-tune the pairwise ranker (PairRM layout checkpoints)."""
 
 
-def _load(name: str | None, path: Path | None, device: str | None) -> Any:
-    from workers.ranking.pairranker import PairRanker
-
+def _entry(name: str | None, path: Path | None) -> ModelEntry | None:
+    """The registry ranker trained or evaluated, or None for a checkpoint ``path``."""
     if path is not None:
-        return PairRanker.from_pretrained(str(path), device=device)
-    settings = context.settings()
-    registry = context.registry(settings)
+        return None
+    registry = context.registry(context.settings())
     entry = registry.get(name, "ranker") if name else registry.default("ranker")
     if entry is None:
         raise click.ClickException("the registry names no default ranker; pass --ranker")
-    from workers.model_store import resolve_path
+    return entry
 
-    return PairRanker.from_pretrained(resolve_path(entry, settings), device=device)
+
+def _load(name: str | None, path: Path | None, device: str | None) -> Any:
+    from workers.model_store import resolve_path
+    from workers.ranking.pairranker import PairRanker
+
+    entry = _entry(name, path)
+    weights = str(path) if entry is None else resolve_path(entry, context.settings())
+    return PairRanker.from_pretrained(weights, device=device)
 
 
 _source = [
@@ -96,14 +103,24 @@ def eval_cmd(file: Path, name: str | None, path: Path | None, device: str | None
 @click.option("--warmup", type=float, help="Warm up over this fraction of the steps, then "
                                            "decay linearly (default: a constant rate).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--register", "register_as", metavar="NAME",
+              help="Register the new revision as ranker NAME in the database registry "
+                   "(same backend and params as the ranker trained from).")
+@click.option("--default", "is_default", is_flag=True,
+              help="With --register: make it the default ranker.")
+@click.option("--replace", is_flag=True, help="With --register: overwrite an entry of "
+                                              "that name.")
 def train_cmd(file: Path, name: str | None, path: Path | None, device: str | None,
               metric: str | None, output: Path, epochs: int, lr: float, batch_size: int,
               pairs_per_example: int, head_lr: float | None, warmup: float | None,
-              seed: int) -> None:
+              seed: int, register_as: str | None, is_default: bool, replace: bool) -> None:
     """Fine-tune on FILE's preferences and save a new revision to OUTPUT."""
+    from ops.cli_models import check_registrable, register_trained
     from workers.devices import weights_revision
     from workers.ranking.training import load_pairs, train
 
+    if (is_default or replace) and not register_as:
+        raise click.UsageError("--default and --replace go with --register")
     if output.exists() and any(output.iterdir()):
         raise click.ClickException(f"{output} is not empty; choose a new directory")
     try:
@@ -112,6 +129,11 @@ def train_cmd(file: Path, name: str | None, path: Path | None, device: str | Non
         raise click.ClickException(f"{file}: {exc}") from exc
     if not pairs:
         raise click.ClickException(f"{file}: no labelled pairs to train on")
+    entry = _entry(name, path)
+    new_entry = {"role": "ranker", "backend": entry.backend if entry else "pairranker",
+                 "path": str(output.resolve()), "params": dict(entry.params) if entry else {}}
+    if register_as:
+        check_registrable(context.settings(), register_as, replace, new_entry)
     model = _load(name, path, device)
     start = model.revision
     train(model, pairs, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
@@ -121,8 +143,12 @@ def train_cmd(file: Path, name: str | None, path: Path | None, device: str | Non
     revision = weights_revision(output / "model.safetensors")
     click.echo(f"{len(pairs)} pairs, from revision {start}: new revision {revision} "
                f"in {output}")
-    click.echo("register it with a registry entry: role = \"ranker\", backend = "
-               f"\"pairranker\", path = \"{output.resolve()}\"", err=True)
+    if register_as is None:
+        click.echo("register it with a registry entry: role = \"ranker\", backend = "
+                   f"\"{new_entry['backend']}\", path = \"{output.resolve()}\" (or "
+                   "--register NAME)", err=True)
+        return
+    register_trained(context.settings(), register_as, new_entry, revision, is_default, replace)
 
 
 @ranker.command("demo-data")

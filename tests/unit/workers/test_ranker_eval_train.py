@@ -113,3 +113,61 @@ def test_train_then_eval_scores_the_new_revision_higher(tiny_models: dict[str, P
     again = runner.invoke(cli, ["ranker", "train", str(train_file), "--path", str(base),
                                 "-o", str(trained)])
     assert again.exit_code != 0 and "not empty" in again.output
+
+
+def test_train_register_adds_the_new_revision_as_the_default_ranker(
+        tiny_models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestration.registry import forget_cached, get_registry
+    from orchestration.settings import reset_settings
+    from tests.conftest import fresh_database
+
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("\n".join(_pair_lines(random.Random(1), 8)) + "\n")
+    runner = CliRunner()
+
+    def manage(*args: str) -> tuple[int, str]:
+        out = runner.invoke(cli, list(args))
+        return out.exit_code, out.output
+
+    with fresh_database("_ranker_register") as url:
+        monkeypatch.setenv("BLENDQ_DATABASE_URL", url)
+        monkeypatch.delenv("BLENDQ_REGISTRY_PATH", raising=False)
+        reset_settings()
+        forget_cached()
+        try:
+            train = ["ranker", "train", str(train_file), "--device", "cpu", "--register",
+                     "ranker-v2"]
+            # An empty database registry is refused before training: registering one
+            # ranker there would take the built-in models from every process.
+            code, output = manage(*train, "--path", str(tiny_models["tiny-ranker"]),
+                                  "-o", str(tmp_path / "refused"))
+            assert code != 0 and "database registry is empty" in output
+            assert not (tmp_path / "refused").exists()
+            code, output = manage("ranker", "train", str(train_file), "--default",
+                                  "-o", str(tmp_path / "x"))
+            assert code != 0 and "--default and --replace go with --register" in output
+
+            code, output = manage("models", "register", "base", "--role", "ranker",
+                                  "--backend", "pairranker", "--path",
+                                  str(tiny_models["tiny-ranker"]), "--param",
+                                  "token_budget=2048", "--default")
+            assert code == 0, output
+            code, output = manage(*train, "--ranker", "base", "--default",
+                                  "-o", str(tmp_path / "v2"))
+            assert code == 0, output
+            assert "registered ranker ranker-v2" in output
+            forget_cached()
+            registry = get_registry(None, url)
+            new = registry.default("ranker")
+            assert new is not None and new.name == "ranker-v2"
+            assert new.path == str((tmp_path / "v2").resolve())
+            assert new.params == {"token_budget": 2048} and new.backend == "pairranker"
+            assert new.revision and new.revision in output  # the revision it trained
+
+            # The name is taken now: refused before training, the directory untouched.
+            code, output = manage(*train, "--ranker", "base", "-o", str(tmp_path / "v3"))
+            assert code != 0 and "already registered (--replace" in output
+            assert not (tmp_path / "v3").exists()
+        finally:
+            reset_settings()
+            forget_cached()
