@@ -182,9 +182,17 @@ def store_entry(settings: Settings, entry: ModelEntry, replace: bool) -> None:
                                        "(--replace overwrites it)")
         created = upsert_model(session, entry_row(entry))
         _check_whole(session, settings.database_url)
+        roles = {r.role for r in registered_models(session)}
     forget_cached()
     click.echo(f"{'registered' if created else 'replaced'} {entry.role} {entry.name} "
                f"(queue {entry.queue})")
+    missing = [role for role in ROLES if role not in roles]
+    if not existing and missing:
+        # The first entry replaces the whole built-in registry for every process.
+        click.echo(f"note: the database registry was empty, so processes ran the built-in "
+                   f"models; they now read this registry, which has no {' and no '.join(missing)} "
+                   "yet: register one of each (or `models import FILE`) before submitting jobs",
+                   err=True)
     _note_override(settings.registry_path)
 
 

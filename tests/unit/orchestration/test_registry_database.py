@@ -73,11 +73,16 @@ def test_an_empty_database_gives_the_built_in_tiny_models(url: str) -> None:
 
 
 def test_register_list_remove_round_trip(url: str) -> None:
-    cli("register", "qwen", "--role", "generator", "--backend", "transformers",
-        "--path", "/models/qwen", "--param", "max_new_tokens=12", "--param",
-        "temperature=0.5", "--param", 'stop="END"', "--revision", "r1")
-    cli("register", "pr", "--role", "ranker", "--backend", "pairranker",
-        "--path", "builtin:tiny-ranker", "--default")
+    first = cli("register", "qwen", "--role", "generator", "--backend", "transformers",
+                "--path", "/models/qwen", "--param", "max_new_tokens=12", "--param",
+                "temperature=0.5", "--param", 'stop="END"', "--revision", "r1")
+    # The first entry takes the built-in models away from every process: said, with what
+    # the registry still lacks.
+    assert "the database registry was empty" in first.stderr
+    assert "has no ranker and no fuser yet" in first.stderr
+    second = cli("register", "pr", "--role", "ranker", "--backend", "pairranker",
+                 "--path", "builtin:tiny-ranker", "--default")
+    assert "was empty" not in second.stderr
 
     registry = fresh(url)
     assert registry.source.startswith("database ")
