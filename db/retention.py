@@ -4,7 +4,9 @@ Chord rows count a chunk's generate tasks; outbox rows carry messages until they
 published. Neither is part of the audit trail (candidates, comparisons, rankings,
 fusions, labels are kept for good), but both grow with every chunk. Once older than any
 job can run (a job expires after its completion window, 24 hours by default), they can go.
-Failed outbox rows are kept: they explain why a chunk was abandoned.
+Failed outbox rows are kept: they explain why a chunk was abandoned. Expired sessions of
+the auditor pages go too, whatever their age: a key's expired sessions are otherwise only
+removed when that key signs in again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, CursorResult, Delete, delete, func
 from sqlmodel import Session, col, select
 
-from db.models import Chord, ChordPart, Outbox, OutboxStatus
+from db.models import ApiSession, Chord, ChordPart, Outbox, OutboxStatus, utcnow
 
 
 @dataclass(frozen=True)
@@ -24,22 +26,27 @@ class Pruned:
     chords: int
     chord_parts: int
     outbox: int
+    sessions: int
 
 
 def prune(session: Session, before: datetime, *, dry_run: bool = False) -> Pruned:
-    """Delete chords created and outbox rows sent or dropped before ``before``."""
+    """Delete chords created and outbox rows sent or dropped before ``before``, and page
+    sessions expired by now."""
     old_chords = select(Chord.group_id).where(col(Chord.created_at) < before)
     part_filter = col(ChordPart.group_id).in_(old_chords)
     chord_filter = col(Chord.created_at) < before
     outbox_filter = (col(Outbox.status).in_([OutboxStatus.SENT, OutboxStatus.DROPPED])
                      & (col(Outbox.created_at) < before))
+    session_filter = col(ApiSession.expires_at) < utcnow()
     if dry_run:
         return Pruned(*(_count(session, model, where) for model, where in (
-            (Chord, chord_filter), (ChordPart, part_filter), (Outbox, outbox_filter))))
+            (Chord, chord_filter), (ChordPart, part_filter), (Outbox, outbox_filter),
+            (ApiSession, session_filter))))
     parts = _delete(session, delete(ChordPart).where(part_filter))
     chords = _delete(session, delete(Chord).where(chord_filter))
     outbox = _delete(session, delete(Outbox).where(outbox_filter))
-    return Pruned(chords, parts, outbox)
+    sessions = _delete(session, delete(ApiSession).where(session_filter))
+    return Pruned(chords, parts, outbox, sessions)
 
 
 def _delete(session: Session, statement: Delete) -> int:

@@ -43,7 +43,8 @@ def check() -> None:
               help="Days; at least 2, so no running job (24 h window) loses a row it needs.")
 @click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
 def prune(days: int, dry_run: bool) -> None:
-    """Delete chord counters and sent or dropped outbox rows older than --older-than days.
+    """Delete chord counters and sent or dropped outbox rows older than --older-than days,
+    and expired sessions of the auditor pages.
 
     The audit trail (candidates, comparisons, rankings, fusions, labels) is never pruned.
     Run it from cron, e.g. daily.
@@ -59,4 +60,5 @@ def prune(days: int, dry_run: bool) -> None:
         done = prune_rows(session, utcnow() - timedelta(days=days), dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {done.chords} chords, {done.chord_parts} chord parts, "
-               f"{done.outbox} outbox rows older than {days} days")
+               f"{done.outbox} outbox rows older than {days} days, {done.sessions} expired "
+               "page sessions")

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 from sqlmodel import Session, col, func, select
 
-from db.models import Chord, ChordPart, Outbox, OutboxStatus, utcnow
+from db.api_keys import create_key
+from db.models import ApiSession, Chord, ChordPart, Outbox, OutboxStatus, utcnow
 from db.retention import prune
 
 
@@ -43,3 +44,18 @@ def test_old_sent_and_dropped_rows_go_recent_and_failed_ones_stay(session: Sessi
     assert (done.chords, done.chord_parts) >= (1, 2) and done.outbox >= 2
     assert _left(session, "old") == (0, 0, ["failed", "pending"])
     assert _left(session, "new") == (1, 2, ["dropped", "failed", "pending", "sent"])
+
+
+def test_expired_page_sessions_go_live_ones_stay(session: Session) -> None:
+    key_id = create_key(session, "retention", "auditor").key_id
+    now = utcnow()
+    session.add_all([ApiSession(token_hash=f"retention-{name}", key_id=key_id,
+                                created_at=now - timedelta(hours=13), expires_at=expires)
+                     for name, expires in (("expired", now - timedelta(hours=1)),
+                                           ("live", now + timedelta(hours=11)))])
+    session.flush()
+    assert prune(session, now - timedelta(days=7), dry_run=True).sessions >= 1
+    assert prune(session, now - timedelta(days=7)).sessions >= 1
+    left = session.exec(select(ApiSession.token_hash)
+                        .where(col(ApiSession.key_id) == key_id)).all()
+    assert left == ["retention-live"]
