@@ -398,7 +398,15 @@ class WorkerState:
     since: float = field(default_factory=time.monotonic)
 
     def live(self) -> str | None:
-        return "shutting down" if self.stopping else None
+        if self.stopping:
+            return "shutting down"
+        from workers.deadline import hung_calls
+
+        hung = hung_calls()
+        if hung:
+            return (f"model call hung past the task time limit: {', '.join(hung)}; "
+                    "restart the worker")
+        return None
 
     def consuming(self) -> str | None:
         if not self.ready:

@@ -5,18 +5,23 @@ heartbeat is 2 s in this stack): with the solo pool the consumer loop sent no he
 while a task ran, RabbitMQ closed the connection and the message was delivered again. Two
 replicas consume the slow model's queue; every prompt must reach the server exactly once.
 A second model's server never answers: its task stops at BLENDQ_TASK_TIME_LIMIT, the
-reason is recorded on its requests and the job ends.
+reason is recorded on its requests and the job ends; the worker's /healthz fails naming the
+hung call until the server answers after all.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlmodel import Session, create_engine, select
@@ -131,7 +136,8 @@ def slow_stack(settings: Settings, backend: Backend,
         for replica in ("1", "2"):
             stack.launch(f"gen-slow-{replica}", "worker", "generate", "--model", "slow",
                          ready=READY)
-        stack.launch("gen-hung", "worker", "generate", "--model", "hung", ready=READY)
+        stack.launch("gen-hung", "worker", "generate", "--model", "hung", ready=READY,
+                     env={"BLENDQ_METRICS_PORT": str(HUNG_METRICS_PORT)})
         stack.launch("rank", "worker", "rank", ready=READY)
         stack.launch("fuse", "worker", "fuse", ready=READY)
         stack.wait_ready()
@@ -141,6 +147,24 @@ def slow_stack(settings: Settings, backend: Backend,
             # Answer the calls still hung, so the workers' warm shutdown does not wait out
             # its 20 s for a thread that no time limit can stop.
             backend.release.set()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+HUNG_METRICS_PORT = _free_port()
+
+
+def _healthz() -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{HUNG_METRICS_PORT}/healthz",
+                                    timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as failed:
+        return failed.code, json.loads(failed.read())
 
 
 def submit(stack: Stack, path: Path, n: int, model: str) -> str:
@@ -180,3 +204,14 @@ def test_a_hung_call_stops_at_the_time_limit_and_the_job_ends(
     assert len(errors) == 2
     assert all(f"task time limit ({TIME_LIMIT} s" in (e or "") for e in errors), errors
     assert all("task time limit" in (r or "") for r in reasons), reasons
+
+    # The call is still running in the worker: liveness fails, naming it, so an
+    # orchestrator restarts the process; once the server answers after all, it clears.
+    status, body = _healthz()
+    assert status == 503 and "model call hung past the task time limit: generation" in \
+        body["checks"]["process"], body
+    backend.release.set()
+    deadline = time.monotonic() + 30
+    while _healthz()[0] != 200:
+        assert time.monotonic() < deadline, _healthz()
+        time.sleep(0.5)
