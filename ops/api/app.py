@@ -33,7 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Submitting writes the canvas into the outbox, so the app needs Celery's signatures
     # (not a broker connection: the dispatcher publishes).
     app.state.celery = configure(settings)
-    app.state.registry = get_registry(settings.registry_path, settings.database_url)
+    # Read once now so a registry that cannot be read stops the server at start; requests
+    # read it again through deps.registry_of.
+    get_registry(settings.registry_path, settings.database_url)
     errors.install(app)
     # Outermost last: the headers go on every response, refusals included.
     app.add_middleware(BodySizeLimit, limit=settings.api_max_body_bytes)

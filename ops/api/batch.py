@@ -25,7 +25,7 @@ from ops.api import batch_files
 from ops.api.batch_objects import CHAT_ENDPOINT, COMPLETION_WINDOW, INPUT, batch_object, list_object
 from ops.api.batch_results import result_files
 from ops.api.batch_validation import file_lines, validate_batch, validate_later
-from ops.api.deps import DB, Principal, require, settings_of
+from ops.api.deps import DB, Principal, registry_of, require, settings_of
 from ops.api.errors import ERROR_RESPONSES, ApiError, not_found
 from ops.api.idempotency import BATCH_PREFIX, idempotency_key, mark_replayed
 from ops.api.model_names import first_model, generator_set
@@ -58,7 +58,7 @@ def batch_view(request: Request, session: Session, job: Job) -> dict[str, Any]:
     """The batch object; reading a finished batch makes its output and error file rows,
     reading one still ``validating`` validates it (unless another caller is)."""
     if job.status == JobStatus.VALIDATING:
-        validate_batch(session, request.app.state.celery, request.app.state.registry,
+        validate_batch(session, request.app.state.celery, registry_of(request),
                        job.id, wait=False)
     ids = request_ids(settings_of(request).database_url)
     return batch_object(job, *result_files(session, job, ids),
@@ -94,7 +94,7 @@ def create_batch(body: BatchCreate, request: Request, response: Response,
                        code="invalid_input_file")
     tenant = session.get(Tenant, principal.tenant)
     settings = settings_of(request)
-    registry = request.app.state.registry
+    registry = registry_of(request)
     metadata = body.metadata or {}
     given = from_metadata(metadata)
     if "models" not in given:

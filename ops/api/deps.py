@@ -15,6 +15,7 @@ from db.models import ApiKey, ApiRole, utcnow
 from db.rate_limits import address_wait, charge_failure, take
 from ops.api.errors import ApiError
 from ops.api.limits import retry_after
+from orchestration.registry import Registry, get_registry
 from orchestration.settings import Settings
 
 # The auditor pages' sign-in: the cookie holds a session token (db/api_keys.py), never a
@@ -43,6 +44,13 @@ class Principal:
 def settings_of(request: Request) -> Settings:
     value: Settings = request.app.state.settings
     return value
+
+
+def registry_of(request: Request) -> Registry:
+    """The model registry as workers see it: re-read from the database every few seconds
+    (``get_registry``), so a model registered while the API runs can be submitted to."""
+    settings = settings_of(request)
+    return get_registry(settings.registry_path, settings.database_url)
 
 
 def db_session(request: Request) -> Iterator[Session]:

@@ -29,7 +29,7 @@ from db.queries import job_summary, result_lines
 from db.queries_api import jobs_page, tenant_job
 from ops.api import native_audit
 from ops.api.batch_objects import list_object
-from ops.api.deps import DB, Principal, require, settings_of
+from ops.api.deps import DB, Principal, registry_of, require, settings_of
 from ops.api.errors import ERROR_RESPONSES, ApiError, body, not_found
 from ops.api.idempotency import REPLAY_RESPONSE, idempotency_key, mark_replayed
 from ops.api.json_stream import BodyError, JobBody, read_job_body
@@ -108,7 +108,7 @@ def _create_job(request: Request, response: Response, principal: Principal,
         return _replayed(session, earlier, response)
     tenant = session.get(Tenant, principal.tenant)
     settings = settings_of(request)
-    registry = request.app.state.registry
+    registry = registry_of(request)
     try:
         options = job_options(given.options, "options.", tenant.defaults if tenant else {},
                               registry, chunk_size=settings.chunk_size,

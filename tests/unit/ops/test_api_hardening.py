@@ -337,3 +337,45 @@ def test_security_headers_on_api_responses_and_a_strict_policy_on_pages(
     assert page.headers["content-security-policy"] == PAGES_POLICY
     assert "script-src" not in PAGES_POLICY and "'unsafe-inline'" not in PAGES_POLICY
     assert "<script" not in page.text and "style=" not in page.text
+
+
+# -- the registry ------------------------------------------------------------------------
+def test_a_model_registered_while_the_api_runs_can_be_submitted_to(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from ops.cli_models import models
+    from orchestration.registry import forget_cached
+    from orchestration.settings import reset_settings
+    from tests.conftest import fresh_database
+
+    with fresh_database("_api_registry") as url:
+        own = settings.model_copy(update={"database_url": url, "registry_path": None})
+        monkeypatch.setenv("BLENDQ_DATABASE_URL", url)
+        monkeypatch.delenv("BLENDQ_REGISTRY_PATH", raising=False)
+        reset_settings()
+        forget_cached()
+        try:
+            with TestClient(create_app(own), raise_server_exceptions=False) as client:
+                h = _auth(_key(own, "hard-registry", "submitter"))
+                job = {"requests": [{"custom_id": "a", "instruction": "Hi"}],
+                       "options": {"models": ["late-gen"]}}
+                before = client.post("/api/v1/jobs", headers=h, json=job)
+                assert before.status_code == 400 and "late-gen" in before.text, before.text
+                for name, role, backend, path, extra in (
+                        ("late-gen", "generator", "transformers", "tiny-a", []),
+                        ("late-ranker", "ranker", "pairranker", "tiny-ranker", ["--default"]),
+                        ("late-fuser", "fuser", "genfuser", "tiny-fuser", ["--default"])):
+                    done = CliRunner().invoke(models, [
+                        "register", name, "--role", role, "--backend", backend, "--path",
+                        f"builtin:{path}", *extra])
+                    assert done.exit_code == 0, done.output
+                # The same server, not restarted: it reads the registry workers read.
+                after = client.post("/api/v1/jobs", headers=h, json=job)
+                assert after.status_code == 201, after.text
+                with session_scope(url) as session:
+                    stored = session.get(Job, after.json()["id"])
+                    assert stored is not None and stored.models == ["late-gen"]
+        finally:
+            reset_settings()
+            forget_cached()
