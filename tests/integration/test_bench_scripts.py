@@ -57,3 +57,10 @@ def test_fleet_runs_a_small_job_through_null_models() -> None:
             in out)
     assert "requests/s" in out and "last / first:" in out
     assert "PostgreSQL transactions per request:" in out
+
+
+def test_observability_prints_both_workers_rates() -> None:
+    out = _run("ops.bench.observability", "--tasks", "20", "--rounds", "1", "--timeout", "120",
+               timeout=300)
+    assert "round 1, plain: 20 tasks" in out and "round 1, observed: 20 tasks" in out
+    assert "observed / plain throughput:" in out
