@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from ops import context
+from ops.cli_models import check_registrable, register_options, register_trained
 from ops.eval_job import EvaluationError, load_references
 from orchestration.registry import ModelEntry, RegistryError
 from orchestration.settings import Settings
@@ -83,13 +84,7 @@ def _load(backend: str, path: str) -> Any:
               help="Candidates per example (default: each job's own top_k).")
 @click.option("--max-target-tokens", type=click.IntRange(min=1), default=128,
               show_default=True, help="Targets are cut to this many tokens.")
-@click.option("--register", "register_as", metavar="NAME",
-              help="Register the new revision as fuser NAME in the database registry "
-                   "(same backend and params as the fuser trained from).")
-@click.option("--default", "is_default", is_flag=True,
-              help="With --register: make it the default fuser.")
-@click.option("--replace", is_flag=True, help="With --register: overwrite an entry of "
-                                              "that name.")
+@register_options("fuser")
 def train_cmd(job_ids: tuple[str, ...], references_file: Path | None, name: str | None,
               path: Path | None, device: str | None, output: Path, epochs: int, lr: float,
               batch_size: int, warmup: float | None, seed: int, top_k: int | None,
@@ -98,7 +93,6 @@ def train_cmd(job_ids: tuple[str, ...], references_file: Path | None, name: str 
     """Fine-tune on JOB_IDS' stored requests (the top-K candidates in rank order → the
     reference, or the best labelled candidate) and save a new revision to OUTPUT."""
     from db.engine import session_scope
-    from ops.cli_models import check_registrable, register_trained
     from workers.devices import pin_device, weights_revision
     from workers.fusion.training import ExampleError, examples_for_jobs, save, train
 

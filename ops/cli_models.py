@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from sqlmodel import Session
@@ -38,6 +39,8 @@ from orchestration.registry import (
     registry_from_rows,
 )
 from orchestration.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()
@@ -140,6 +143,24 @@ def register(name: str, role: str, backend: str, model_path: str, revision: str,
     except RegistryError as exc:
         raise click.UsageError(str(exc)) from exc
     store_entry(settings, entry, replace)
+
+
+def register_options(role: str) -> Callable[[F], F]:
+    """``--register NAME``, ``--default`` and ``--replace`` of a training command."""
+    def add(fn: F) -> F:
+        for option in reversed([
+            click.option("--register", "register_as", metavar="NAME",
+                         help=f"Register the new revision as {role} NAME in the database "
+                              f"registry (same backend and params as the {role} trained "
+                              "from)."),
+            click.option("--default", "is_default", is_flag=True,
+                         help=f"With --register: make it the default {role}."),
+            click.option("--replace", is_flag=True,
+                         help="With --register: overwrite an entry of that name."),
+        ]):
+            fn = option(fn)
+        return fn
+    return add
 
 
 def check_registrable(settings: Settings, name: str, replace: bool,

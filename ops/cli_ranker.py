@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from ops import context
+from ops.cli_models import check_registrable, register_options, register_trained
 from orchestration.registry import ModelEntry
 
 
@@ -103,19 +104,12 @@ def eval_cmd(file: Path, name: str | None, path: Path | None, device: str | None
 @click.option("--warmup", type=float, help="Warm up over this fraction of the steps, then "
                                            "decay linearly (default: a constant rate).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--register", "register_as", metavar="NAME",
-              help="Register the new revision as ranker NAME in the database registry "
-                   "(same backend and params as the ranker trained from).")
-@click.option("--default", "is_default", is_flag=True,
-              help="With --register: make it the default ranker.")
-@click.option("--replace", is_flag=True, help="With --register: overwrite an entry of "
-                                              "that name.")
+@register_options("ranker")
 def train_cmd(file: Path, name: str | None, path: Path | None, device: str | None,
               metric: str | None, output: Path, epochs: int, lr: float, batch_size: int,
               pairs_per_example: int, head_lr: float | None, warmup: float | None,
               seed: int, register_as: str | None, is_default: bool, replace: bool) -> None:
     """Fine-tune on FILE's preferences and save a new revision to OUTPUT."""
-    from ops.cli_models import check_registrable, register_trained
     from workers.devices import weights_revision
     from workers.ranking.training import load_pairs, train
 
