@@ -283,6 +283,26 @@ RETURNING chunks_left
 """)
 
 
+def keep_ranked_choice(session: Session, request_ids: list[int]) -> None:
+    """Requests about to fail after their ranking was stored keep the ranker's choice:
+    fusion writes ``chosen_candidate_id`` with its outcome, so a fuse stage that fails,
+    for good or by the sweeper, would otherwise leave the auditor a ranking without it."""
+    if not request_ids:
+        return
+    k, r = core.ranking.c, core.request.c
+    rankings = session.execute(
+        select(k.request_id, k.entries).where(core.among(session, k.request_id, request_ids))
+        .order_by(k.id)).all()
+    best = {request_id: entries[0]["candidate_id"] for request_id, entries in rankings
+            if entries}  # the latest ranking of a request wins
+    if best:
+        session.execute(
+            update(core.request)
+            .where(r.id == bindparam("ranked_id"), r.chosen_candidate_id.is_(None))
+            .values(chosen_candidate_id=bindparam("best_id")),
+            [{"ranked_id": rid, "best_id": cid} for rid, cid in best.items()])
+
+
 def abandon_chunk(session: Session, chunk_id: int, reason: str) -> None:
     """A chunk whose work cannot go on: its open requests fail, the job goes on.
 
@@ -301,6 +321,9 @@ def abandon_chunk(session: Session, chunk_id: int, reason: str) -> None:
     chunk.finished_at = utcnow()
     chunk.lease_until = None
     session.add(chunk)
+    open_ids = session.exec(select(Request.id).where(
+        col(Request.chunk_id) == chunk_id, col(Request.status) == RequestStatus.PENDING)).all()
+    keep_ranked_choice(session, [i for i in open_ids if i is not None])
     session.execute(
         update(Request)
         .where(col(Request.chunk_id) == chunk_id, col(Request.status) == RequestStatus.PENDING)

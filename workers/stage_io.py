@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 from db import core
 from db.models import Request, RequestStatus
 from db.writes import bulk_update
+from orchestration import lifecycle
 
 
 class OpenRequest(NamedTuple):
@@ -113,6 +114,7 @@ def update_requests(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def fail_requests(session: Session, requests: list[Request], reason: str) -> None:
+    lifecycle.keep_ranked_choice(session, [r.id for r in requests if r.id is not None])
     for request in requests:
         request.status = RequestStatus.FAILED
         request.error = reason
@@ -122,6 +124,7 @@ def fail_requests(session: Session, requests: list[Request], reason: str) -> Non
 def fail_open(session: Session, request_ids: list[int], reason: str) -> None:
     """Fail the requests of ``request_ids`` that are still open, in one statement."""
     if request_ids:
+        lifecycle.keep_ranked_choice(session, request_ids)
         r = core.request.c
         session.execute(
             update(core.request)

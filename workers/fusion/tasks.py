@@ -65,9 +65,7 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
         fail_open(session, [r.id for r in requests if r.id not in ready_ids],
                   "no ranking was stored for this request")
         if failure is not None:
-            update_requests(session, [{"id": r.id, "chosen_candidate_id": top[r.id][0][0]}
-                                      for r in ready])
-            fail_open(session, sorted(ready_ids), failure)
+            fail_open(session, sorted(ready_ids), failure)  # keeps the ranker's choice
         else:
             _store(session, ready, top, fuser_name, revision, params, outputs)
         lifecycle.finish_chunk(session, chunk_id)

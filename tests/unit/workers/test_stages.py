@@ -10,7 +10,7 @@ import pytest
 import structlog
 from celery import Celery
 from sqlalchemy import func
-from sqlmodel import select
+from sqlmodel import col, select
 
 from db.engine import session_scope
 from db.models import Candidate, Chunk, Comparison, Fusion, Job, Ranking, Request
@@ -280,3 +280,29 @@ def test_generation_reads_chat_messages_and_params_as_stored(stage_settings: Set
     assert read_chunk == chunk_id
     assert prompted.messages == line["body"]["messages"]  # type: ignore[index]
     assert prompted.params["max_new_tokens"] == 7
+
+
+@pytest.mark.parametrize("ending", ["fuse fails for good", "sweeper abandons the chunk"])
+def test_requests_failing_after_their_ranking_keep_the_rankers_choice(
+        stage_settings: Settings, celery_app: Celery, ending: str) -> None:
+    from orchestration import lifecycle
+    from workers.fusion.tasks import fuse
+
+    models = ["tiny-a", "tiny-b"]
+    job_id, chunk_id = _submit(stage_settings, celery_app, 2, models)
+    for model in models:
+        generate_chunk(stage_settings, job_id, chunk_id, model)
+    rank_chunk(stage_settings, job_id, chunk_id)
+    if ending == "fuse fails for good":
+        fuse.on_failure(RuntimeError("fuser host gone"), "t2", (),
+                        {"job_id": job_id, "chunk_id": chunk_id}, None)
+    else:
+        with session_scope(stage_settings.database_url) as session:
+            lifecycle.abandon_chunk(session, chunk_id, "swept: the fuse message was lost")
+    with session_scope(stage_settings.database_url) as session:
+        requests = session.exec(select(Request).where(Request.job_id == job_id)).all()
+        best = {k.request_id: k.entries[0]["candidate_id"] for k in session.exec(
+            select(Ranking).where(col(Ranking.request_id).in_([r.id for r in requests])))}
+        assert len(best) == 2
+        assert {r.status for r in requests} == {"failed"}
+        assert {r.id: r.chosen_candidate_id for r in requests} == best
