@@ -5,7 +5,7 @@ and people's labels), plus the bookkeeping that moves a job along."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -25,6 +25,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel, UniqueConstraint
 
+from db import clock
+
 # JSONB on Postgres (indexable, compact); plain JSON on the embedded SQLite file.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # SQLite only auto-increments INTEGER PRIMARY KEY.
@@ -32,7 +34,8 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """This host's clock (db/clock.py: leases are on the database's)."""
+    return clock.host_now()
 
 
 def new_job_id() -> str:

@@ -14,6 +14,7 @@ from sqlalchemy import DateTime, bindparam, func, text, update
 from sqlmodel import Session, col, select
 
 from db import core
+from db.clock import database_now
 from db.engine import is_postgres
 from db.models import (
     ACTIVE_CHUNK_STATUSES,
@@ -100,7 +101,7 @@ def start_chunk(session: Session, chunk_id: int,
     chunk = _lock_chunk(session, chunk_id)
     if chunk.status in (ChunkStatus.DONE, ChunkStatus.CANCELLED):
         return False
-    now = utcnow()
+    now = database_now(session)
     if chunk.status != ChunkStatus.RUNNING:
         chunk.status = ChunkStatus.RUNNING
         chunk.started_at = now
@@ -114,7 +115,7 @@ def _start_running(session: Session, chunk_id: int, lease_seconds: int) -> bool:
     progress starts (or renews its lease) under its own row lock. The job row is only
     read, not locked. Anything else (no such chunk, a chunk closed, a job no longer in
     progress) is left to the full path."""
-    now = utcnow()
+    now = database_now(session)
     started = session.execute(_START_ONE, {
         "chunk_id": chunk_id, "now": now, "until": now + timedelta(seconds=lease_seconds)})
     return started.first() is not None
@@ -168,7 +169,7 @@ progress, their row locks taken in id order."""
 def _start_all_running(session: Session, chunk_ids: list[int], lease_seconds: int) -> list[int]:
     if not is_postgres(session):
         return []
-    now = utcnow()
+    now = database_now(session)
     rows = session.execute(_START_ALL, {"ids": sorted(chunk_ids), "now": now,
                                         "until": now + timedelta(seconds=lease_seconds)})
     return sorted(row[0] for row in rows)
@@ -188,7 +189,7 @@ def _start_chunks_one_by_one(session: Session, chunk_ids: list[int],
                                col(Chunk.status).in_(ACTIVE_CHUNK_STATUSES))
         .order_by(col(Chunk.id)).with_for_update()).all() if chunk_id is not None]
     if locked:
-        now = utcnow()
+        now = database_now(session)
         session.execute(
             update(Chunk).where(col(Chunk.id).in_(locked))
             .values(status=ChunkStatus.RUNNING,
@@ -225,8 +226,8 @@ _CHUNK_STATUS = text("SELECT status FROM chunk WHERE id = :chunk_id")
 def enter_stage(session: Session, chunk_id: int, stage: ChunkStage,
                 start_timeout: int = DEFAULT_START_TIMEOUT) -> None:
     """The chunk now waits on ``stage``'s message, which must start within the bound."""
-    session.execute(_ENTER_STAGE, {"chunk_id": chunk_id, "stage": str(stage),
-                                   "until": utcnow() + timedelta(seconds=start_timeout)})
+    until = database_now(session) + timedelta(seconds=start_timeout)
+    session.execute(_ENTER_STAGE, {"chunk_id": chunk_id, "stage": str(stage), "until": until})
 
 
 _ENTER_STAGE = text(f"""
@@ -243,7 +244,7 @@ def renew_leases(session: Session, chunk_ids: list[int], seconds: int) -> int:
     result = session.execute(
         update(core.chunk)
         .where(c.id.in_(chunk_ids), c.status == ChunkStatus.RUNNING)
-        .values(lease_until=utcnow() + timedelta(seconds=seconds))
+        .values(lease_until=database_now(session) + timedelta(seconds=seconds))
     )
     return int(getattr(result, "rowcount", 0) or 0)
 

@@ -20,6 +20,7 @@ from sqlalchemy import text, update
 from sqlmodel import Session, select
 
 from db import core
+from db.clock import database_now
 from db.engine import is_postgres, session_scope
 from db.models import (
     ChunkStage,
@@ -191,7 +192,7 @@ def _mark_dispatched(session: Session, chunk_ids: list[int], start_timeout: int)
         update(core.chunk)
         .where(c.id.in_(chunk_ids), c.status == ChunkStatus.PENDING)
         .values(status=ChunkStatus.DISPATCHED, stage=ChunkStage.GENERATE,
-                lease_until=utcnow() + timedelta(seconds=start_timeout))
+                lease_until=database_now(session) + timedelta(seconds=start_timeout))
     )
 
 

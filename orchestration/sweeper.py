@@ -31,6 +31,7 @@ from celery.canvas import Signature
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from db.clock import database_now
 from db.engine import session_scope
 from db.models import (
     Candidate,
@@ -42,7 +43,6 @@ from db.models import (
     OutboxStatus,
     Request,
     RequestStatus,
-    utcnow,
 )
 from orchestration import lifecycle, outbox
 from orchestration.canvas import chunk_canvas, fuse_signature, rank_signature, to_payload
@@ -74,8 +74,8 @@ def broker_depths(broker_url: str) -> DepthReader:
 def sweep(settings: Settings, app: Celery, depths: DepthReader) -> SweepReport:
     """One pass over the chunks whose lease lapsed; returns what it did to which."""
     report = SweepReport()
-    now = utcnow()
     with session_scope(settings.database_url) as session:
+        now = database_now(session)  # the clock every lease was written on
         lapsed = list(session.exec(
             select(Chunk.id).where(
                 col(Chunk.status).in_((ChunkStatus.DISPATCHED, ChunkStatus.RUNNING)),
@@ -108,8 +108,8 @@ def _sweep_one(settings: Settings, app: Celery, chunk_id: int,
                depth_of: Callable[[list[str]], list[int | None]],
                report: SweepReport) -> str | None:
     """Extend or re-publish one chunk; returns the reason when it must fail instead."""
-    now = utcnow()
     with session_scope(settings.database_url) as session:
+        now = database_now(session)
         chunk = session.exec(
             select(Chunk).where(
                 Chunk.id == chunk_id,

@@ -210,3 +210,50 @@ def test_two_sweepers_at_once_republish_a_chunk_once(
         thread.join()
     assert len(outbox_of(sweep_settings, chunk_id)) == 1
     assert chunk_row(sweep_settings, chunk_id).sweeps == 1
+
+
+@pytest.fixture
+def host_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[timedelta]]:
+    """This host's clock (``utcnow`` and the lease clock's reading of it), off the real one
+    by the list's one value, which the test sets."""
+    from db import clock
+
+    real, skew = clock.host_now, [timedelta(0)]
+    monkeypatch.setattr(clock, "host_now", lambda: real() + skew[0])
+    clock.forget_offsets()
+    try:
+        yield skew
+    finally:
+        clock.forget_offsets()
+
+
+def test_leases_are_on_the_database_clock_whatever_the_hosts_clocks_say(
+        sweep_settings: Settings, celery_app: Celery, models: list[str],
+        host_clock: list[timedelta]) -> None:
+    from sqlalchemy import text
+
+    from db.clock import database_now
+    from orchestration import lifecycle
+
+    _, chunk_id = make_chunk(sweep_settings, models, stage=ChunkStage.GENERATE,
+                             status=ChunkStatus.DISPATCHED)
+    # A worker host whose clock runs 30 minutes slow starts the chunk and renews its lease.
+    host_clock[0] = timedelta(minutes=-30)
+    with session_scope(sweep_settings.database_url) as session:
+        server = session.execute(text("SELECT clock_timestamp()")).scalar_one()
+        assert abs(database_now(session) - server) < timedelta(seconds=2)  # measured
+        assert abs(database_now(session) - server) < timedelta(seconds=2)  # from the offset
+        assert lifecycle.start_chunk(session, chunk_id, lease_seconds=60)
+        assert lifecycle.renew_leases(session, [chunk_id], 60) == 1
+    lease = chunk_row(sweep_settings, chunk_id).lease_until
+    assert lease is not None and abs(lease - (server + timedelta(seconds=60))) < \
+        timedelta(seconds=5)
+    # A dispatcher host 30 minutes fast sweeps: the lease has not lapsed, so nothing is
+    # re-published under the worker that holds it.
+    host_clock[0] = timedelta(minutes=30)
+    from db import clock
+
+    clock.forget_offsets()  # another process: it measures its own offset
+    report = sweep(sweep_settings, celery_app)
+    assert chunk_id not in set(report.republished) | set(report.extended) | set(report.failed)
+    assert outbox_of(sweep_settings, chunk_id) == []
