@@ -15,12 +15,12 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 REMEASURE_SECONDS = 300.0
 
-_offsets: dict[str, tuple[float, timedelta]] = {}  # database -> (measured at, offset)
+_offsets: dict[Engine, tuple[float, timedelta]] = {}  # -> (measured at, offset)
 _lock = threading.Lock()
 _SERVER_NOW = text("SELECT clock_timestamp()")
 
@@ -34,16 +34,15 @@ def database_now(session: Session) -> datetime:
     engine = session.get_bind().engine
     if engine.dialect.name != "postgresql":
         return host_now()
-    key = engine.url.render_as_string(hide_password=True)
     with _lock:
-        measured = _offsets.get(key)
+        measured = _offsets.get(engine)
     if measured is not None and time.monotonic() - measured[0] < REMEASURE_SECONDS:
         return host_now() + measured[1]
     before = host_now()
     server: datetime = session.execute(_SERVER_NOW).scalar_one()
     after = host_now()
     with _lock:
-        _offsets[key] = (time.monotonic(), server - (before + (after - before) / 2))
+        _offsets[engine] = (time.monotonic(), server - (before + (after - before) / 2))
     return server
 
 

@@ -16,7 +16,12 @@ from typing import Any
 import click
 
 from ops import context
-from ops.cli_models import check_registrable, register_options, register_trained
+from ops.cli_models import (
+    check_register_flags,
+    check_registrable,
+    register_options,
+    register_trained,
+)
 from ops.eval_job import EvaluationError, load_references
 from orchestration.registry import ModelEntry, RegistryError
 from orchestration.settings import Settings
@@ -96,8 +101,7 @@ def train_cmd(job_ids: tuple[str, ...], references_file: Path | None, name: str 
     from workers.devices import pin_device, weights_revision
     from workers.fusion.training import ExampleError, examples_for_jobs, save, train
 
-    if (is_default or replace) and not register_as:
-        raise click.UsageError("--default and --replace go with --register")
+    check_register_flags(register_as, is_default, replace)
     if output.exists() and any(output.iterdir()):
         raise click.ClickException(f"{output} is not empty; choose a new directory")
     settings = context.settings()

@@ -163,6 +163,11 @@ def register_options(role: str) -> Callable[[F], F]:
     return add
 
 
+def check_register_flags(register_as: str | None, is_default: bool, replace: bool) -> None:
+    if (is_default or replace) and not register_as:
+        raise click.UsageError("--default and --replace go with --register")
+
+
 def check_registrable(settings: Settings, name: str, replace: bool,
                       fields: dict[str, Any]) -> None:
     """``--register NAME`` of a training command, refused before training rather than
@@ -197,13 +202,13 @@ def store_entry(settings: Settings, entry: ModelEntry, replace: bool) -> None:
     """Register ``entry`` in the database and say so (``models register``, and ``fuser
     train --register`` or ``ranker train --register`` for the revision it trained)."""
     with session_scope(settings.database_url) as session:
-        existing = {r.name for r in registered_models(session)}
+        existing = {r.name: r.role for r in registered_models(session)}
         if entry.name in existing and not replace:
             raise click.ClickException(f"model {entry.name!r} is already registered "
                                        "(--replace overwrites it)")
         created = upsert_model(session, entry_row(entry))
         _check_whole(session, settings.database_url)
-        roles = {r.role for r in registered_models(session)}
+    roles = {role for name, role in existing.items() if name != entry.name} | {entry.role}
     forget_cached()
     click.echo(f"{'registered' if created else 'replaced'} {entry.role} {entry.name} "
                f"(queue {entry.queue})")

@@ -19,7 +19,12 @@ from typing import Any
 import click
 
 from ops import context
-from ops.cli_models import check_registrable, register_options, register_trained
+from ops.cli_models import (
+    check_register_flags,
+    check_registrable,
+    register_options,
+    register_trained,
+)
 from orchestration.registry import ModelEntry
 
 
@@ -113,8 +118,7 @@ def train_cmd(file: Path, name: str | None, path: Path | None, device: str | Non
     from workers.devices import weights_revision
     from workers.ranking.training import load_pairs, train
 
-    if (is_default or replace) and not register_as:
-        raise click.UsageError("--default and --replace go with --register")
+    check_register_flags(register_as, is_default, replace)
     if output.exists() and any(output.iterdir()):
         raise click.ClickException(f"{output} is not empty; choose a new directory")
     try:

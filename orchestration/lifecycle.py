@@ -284,18 +284,24 @@ RETURNING chunks_left
 """)
 
 
+def ranked_candidates(session: Session, request_ids: list[int]) -> dict[int, list[int]]:
+    """Each ranked request's candidate ids, best first, from its latest ranking."""
+    k = core.ranking.c
+    rankings = session.execute(
+        select(k.request_id, k.entries).where(core.among(session, k.request_id, request_ids))
+        .order_by(k.id)).all()
+    return {rid: [e["candidate_id"] for e in entries] for rid, entries in rankings}
+
+
 def keep_ranked_choice(session: Session, request_ids: list[int]) -> None:
     """Requests about to fail after their ranking was stored keep the ranker's choice:
     fusion writes ``chosen_candidate_id`` with its outcome, so a fuse stage that fails,
     for good or by the sweeper, would otherwise leave the auditor a ranking without it."""
     if not request_ids:
         return
-    k, r = core.ranking.c, core.request.c
-    rankings = session.execute(
-        select(k.request_id, k.entries).where(core.among(session, k.request_id, request_ids))
-        .order_by(k.id)).all()
-    best = {request_id: entries[0]["candidate_id"] for request_id, entries in rankings
-            if entries}  # the latest ranking of a request wins
+    r = core.request.c
+    best = {rid: ranked[0] for rid, ranked in ranked_candidates(session, request_ids).items()
+            if ranked}
     if best:
         session.execute(
             update(core.request)

@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from sqlalchemy import select
 from sqlmodel import Session
 
-from db import core
 from db.engine import session_scope
 from db.models import Fusion, RequestStatus, utcnow
 from db.writes import insert_ignore
@@ -76,13 +74,8 @@ def fuse_chunk(settings: Settings, job_id: str, chunk_id: int) -> dict[str, int]
 def _top_candidates(session: Session, requests: list[OpenRequest],
                     top_k: int) -> dict[int, list[tuple[int, str]]]:
     """(candidate id, text) of each request's best k, best first, from its ranking."""
-    ids = [r.id for r in requests]
-    k = core.ranking.c
-    rankings = session.execute(
-        select(k.request_id, k.entries).where(core.among(session, k.request_id, ids))
-        .order_by(k.id)).all()
-    latest = {request_id: [e["candidate_id"] for e in entries[:top_k]]
-              for request_id, entries in rankings}
+    latest = {rid: ranked[:top_k] for rid, ranked in
+              lifecycle.ranked_candidates(session, [r.id for r in requests]).items()}
     texts = candidate_texts(session, [cid for top in latest.values() for cid in top])
     return {rid: [(cid, texts[cid]) for cid in top] for rid, top in latest.items()}
 
